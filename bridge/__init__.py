@@ -1,0 +1,1 @@
+"""Lesson Bridge: learning-platform events in, video-conferencing provider calls out."""
