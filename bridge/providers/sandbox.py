@@ -23,7 +23,7 @@ class SandboxProvider(Provider):
 
     def __init__(self, name: str, settings: Mapping[str, Any], http: httpx.AsyncClient) -> None:
         super().__init__(name, settings, http)
-        self._secret = str(settings.get("secret", "sandbox-not-secret"))
+        self._secret = str(settings.get("secret", "sandbox-only-secret-not-for-production-use"))
         self._join_base = str(settings.get("join_base", "http://127.0.0.1:8000/sandbox")).rstrip("/")
         self._token_ttl = timedelta(seconds=int(settings.get("token_ttl_s", 3600)))
 

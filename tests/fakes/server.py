@@ -19,10 +19,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: ASGIApp, port: int | None = None) -> Iterator[str]:
+def serve(app: ASGIApp, port: int | None = None, lifespan: bool = False) -> Iterator[str]:
     """Yield the base URL (http://127.0.0.1:PORT) while `app` serves real HTTP on loopback."""
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                            lifespan="on" if lifespan else "off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -1,0 +1,107 @@
+"""The web process: Starlette app factory, routes and lifespan."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bridge.config import Settings
+from bridge.errors import ApiError, error_response
+from bridge.intake import receive
+from bridge.store import ACCEPT_SCRIPT, WORKER_QUEUE, health_check_key, redis_client
+
+log = structlog.get_logger("bridge.web")
+
+
+class AccessLog:
+    """One log line per request, carrying whatever the handler bound (source, event ids)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        structlog.contextvars.clear_contextvars()
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            log.info("request", method=scope["method"], path=scope["path"], status=status,
+                     ms=round((time.perf_counter() - started) * 1000, 2))
+            structlog.contextvars.clear_contextvars()
+
+
+def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        client = redis or redis_client(settings.redis_url or "redis://127.0.0.1:6379")
+        state["redis"] = client
+        state["accept_script"] = client.register_script(ACCEPT_SCRIPT)
+        try:
+            yield
+        finally:
+            if redis is None:
+                await client.aclose()
+
+    async def events(request: Request) -> Response:
+        try:
+            outcome = await receive(request, settings, state["redis"], state["accept_script"])
+        except ApiError as exc:
+            structlog.contextvars.bind_contextvars(error=exc.code)
+            return exc.response()
+        return JSONResponse(outcome.body(), status_code=outcome.status)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        client: Redis = state["redis"]
+        try:
+            await client.ping()
+            worker_seen = bool(await client.exists(health_check_key(WORKER_QUEUE)))
+        except RedisError as exc:
+            return error_response(503, "store_unavailable", f"Redis is unreachable ({type(exc).__name__})",
+                                  headers={"Retry-After": "5"})
+        if not worker_seen:
+            return error_response(503, "no_worker", "no worker heartbeat in the last 30 seconds")
+        return JSONResponse({"status": "ready"})
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}",
+                              headers=exc.headers)
+
+    routes = [
+        Route("/v1/events/{source}", events, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    app.add_middleware(AccessLog)
+    app.state.bridge = state
+    return app

@@ -1,0 +1,157 @@
+"""The `bridge` command: dev, serve, worker, recorder (and, later, the operator's tools)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import structlog
+
+from bridge import logs
+from bridge.config import ConfigError, Settings, load_settings
+from bridge.embedded import EmbeddedRedis
+from bridge.processes import die_with_parent, wait_for_port
+from bridge.store import RECORDER_QUEUE, WORKER_QUEUE
+
+EMBEDDED_REDIS_PORT = 6390
+STOP_TIMEOUT_S = 25
+log = structlog.get_logger("bridge.cli")
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _ensure_redis(settings: Settings) -> tuple[Settings, EmbeddedRedis | None]:
+    """With no REDIS_URL, share one embedded server per data dir: start it unless one already listens."""
+    if settings.redis_url:
+        return settings, None
+    port = int(os.environ.get("BRIDGE_EMBEDDED_REDIS_PORT", EMBEDDED_REDIS_PORT))
+    embedded = None
+    if not wait_for_port(port, 0.2):
+        embedded = EmbeddedRedis(settings.data_dir / "redis", port=port).start()
+    url = f"redis://127.0.0.1:{port}/0"
+    os.environ["REDIS_URL"] = url
+    return _settings(), embedded
+
+
+def web_app() -> object:
+    """uvicorn factory (import string, so WEB_CONCURRENCY processes each build their own app)."""
+    from bridge.app import create_app
+    logs.configure()
+    return create_app(_settings())
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+    _, embedded = _ensure_redis(_settings())
+    port = int(os.environ.get("PORT", args.port))
+    try:
+        uvicorn.run("bridge.cli:web_app", factory=True, host=args.host, port=port,
+                    workers=int(os.environ.get("WEB_CONCURRENCY", 1)), log_level="warning",
+                    timeout_graceful_shutdown=STOP_TIMEOUT_S - 5, access_log=False)
+    finally:
+        if embedded:
+            embedded.stop()
+
+
+def _run_worker(queue: str) -> None:
+    from arq.worker import Worker
+
+    from workers.settings import worker_settings
+    logs.configure()
+    settings, embedded = _ensure_redis(_settings())
+    try:
+        Worker(**worker_settings(settings, queue)).run()
+    finally:
+        if embedded:
+            embedded.stop()
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    _run_worker(WORKER_QUEUE)
+
+
+def cmd_recorder(args: argparse.Namespace) -> None:
+    _run_worker(RECORDER_QUEUE)
+
+
+def cmd_dev(args: argparse.Namespace) -> None:
+    """Embedded Redis + web + worker + recorder, each its own child process, stopped together."""
+    settings, embedded = _ensure_redis(_settings())
+    port = int(os.environ.get("PORT", args.port))
+    env = {**os.environ, "REDIS_URL": os.environ["REDIS_URL"], "PORT": str(port)}
+    exe = [sys.executable, "-m", "bridge.cli"]
+    children = [
+        subprocess.Popen([*exe, "serve", "--host", args.host], env=env, preexec_fn=die_with_parent),
+        subprocess.Popen([*exe, "worker"], env=env, preexec_fn=die_with_parent),
+        subprocess.Popen([*exe, "recorder"], env=env, preexec_fn=die_with_parent),
+    ]
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    if wait_for_port(port, 20):
+        source = next(iter(settings.sources))
+        print(_banner(settings, port, source), file=sys.stderr, flush=True)
+    while not stopping and all(child.poll() is None for child in children):
+        time.sleep(0.2)
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+    if embedded:
+        embedded.stop()
+
+
+def _banner(settings: Settings, port: int, source: str) -> str:
+    example = ('{"id": "evt_demo_1", "type": "user.joined", '
+               '"lesson": {"id": "demo-lesson", "title": "Demo"}, '
+               '"user": {"id": "42", "name": "Ada", "role": "teacher"}}')
+    return (
+        f"\nLesson Bridge is running on http://127.0.0.1:{port}  (Redis: {settings.redis_url or 'embedded'},"
+        f" data in {Path(settings.data_dir).absolute()})\n"
+        f"Sources: {', '.join(settings.sources)}; providers: {', '.join(settings.providers)}\n\n"
+        f"Try it:\n  curl -s -X POST 'http://127.0.0.1:{port}/v1/events/{source}?wait=5' \\\n"
+        f"       -H 'content-type: application/json' \\\n       -d '{example}'\n\n"
+        f"Stop with Ctrl-C.\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bridge", description="Lesson Bridge")
+    commands = parser.add_subparsers(dest="command", required=True)
+    dev = commands.add_parser("dev", help="run everything in one process group on embedded defaults")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8000)
+    dev.set_defaults(run=cmd_dev)
+    serve = commands.add_parser("serve", help="the web process (honours PORT and WEB_CONCURRENCY)")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(run=cmd_serve)
+    commands.add_parser("worker", help="the worker process (short jobs)").set_defaults(run=cmd_worker)
+    commands.add_parser("recorder", help="the recorder process (FFmpeg)").set_defaults(run=cmd_recorder)
+    args = parser.parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""POST /v1/events/{source}: authenticate, validate, and durably accept in one Redis round trip."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+from starlette.requests import Request
+
+from bridge.config import Settings, SourceConfig
+from bridge.errors import ApiError
+from bridge.routing import plan
+from bridge.signing import SignatureError, verify
+from bridge.sources import FORMATS, InvalidEvent, Parsed
+from bridge.sources.canonical import iso
+from bridge.store import EventRecord, accept_call, job_runs_key
+from bridge.webhooks import produced_payloads
+
+log = structlog.get_logger("bridge.intake")
+RETRY_AFTER_S = "5"
+MAX_WAIT_S = 10
+FINAL = ("ok", "failed")
+
+
+@dataclass
+class Outcome:
+    accepted: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    jobs: dict[str, list[str]] = field(default_factory=dict)   # event ref → job functions, for ?wait
+    webhooks: list[dict[str, Any]] | None = None              # set when ?wait saw every job finish
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"accepted": self.accepted, "duplicates": self.duplicates, "ignored": self.ignored}
+        if self.webhooks is not None:
+            body["webhooks"] = self.webhooks
+        return body
+
+    @property
+    def status(self) -> int:
+        if self.webhooks is not None:
+            return 200
+        return 200 if self.duplicates and not self.accepted else 202
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Refuse an oversized body before reading it whole: by Content-Length, else while streaming."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "body_too_large", f"the body is {declared} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "body_too_large", f"the body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _check_signature(source: SourceConfig, request: Request, body: bytes) -> None:
+    assert source.signing_secret
+    try:
+        verify(source.signing_secret, request.headers.get("webhook-id"), request.headers.get("webhook-timestamp"),
+               request.headers.get("webhook-signature"), body)
+    except SignatureError as exc:
+        raise ApiError(401, "bad_signature", str(exc)) from None
+
+
+def _check_body_token(source: SourceConfig, items: list[Any]) -> None:
+    assert source.token
+    expected = source.token.encode()
+    for index, item in enumerate(items):
+        offered = item.get("token") if isinstance(item, dict) else None
+        if not isinstance(offered, str) or not hmac.compare_digest(offered.encode(), expected):
+            where = f"[{index}].token" if len(items) > 1 else "token"
+            raise ApiError(401, "bad_token", f"the body field {where} is missing or does not match the source's token")
+
+
+def _parse_items(source: SourceConfig, body: bytes, max_batch: int) -> tuple[list[Any], bool]:
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    if isinstance(document, list):
+        if not document:
+            raise ApiError(400, "empty_batch", "a batch must hold at least one event")
+        if len(document) > max_batch:
+            raise ApiError(400, "batch_too_large", f"a batch holds at most {max_batch} events, got {len(document)}")
+        return document, True
+    if isinstance(document, dict):
+        return [document], False
+    raise ApiError(400, "invalid_body", f"the body must be a JSON object or array, got {type(document).__name__}")
+
+
+def _parse_events(source: SourceConfig, items: list[Any], batch: bool, providers: Any) -> list[Parsed]:
+    parse = FORMATS[source.format]
+    parsed = []
+    for index, item in enumerate(items):
+        try:
+            result = parse(source, item)
+            provider = (result.event or {}).get("lesson", {}).get("provider") if result.event else None
+            if provider is not None and provider not in providers:
+                raise InvalidEvent("lesson.provider", f"no provider named {provider!r} is configured")
+            parsed.append(result)
+        except InvalidEvent as exc:
+            path = exc.at(f"[{index}]").path if batch else exc.path
+            raise ApiError(400, "invalid_event", f"{path or '<body>'}: {exc.message}",
+                           details={"path": path, "index": index if batch else None}) from None
+    return parsed
+
+
+async def accept(redis: Redis, script: AsyncScript, settings: Settings, source: SourceConfig,
+                 parsed: list[Parsed]) -> Outcome:
+    outcome = Outcome()
+    received_at = iso(datetime.now(UTC))
+    records: list[EventRecord] = []
+    for item in parsed:
+        if item.event is None:
+            outcome.ignored.append(item.event_id)
+            log.info("event.ignored", source=source.name, event_id=item.event_id, reason=item.ignored_reason)
+            continue
+        jobs = plan(source.name, item.event)
+        records.append(EventRecord(source.name, item.event_id, received_at, item.raw, item.event, jobs))
+        outcome.jobs[jobs[0].envelope["ref"]] = [job.function for job in jobs]
+    if not records:
+        return outcome
+    keys, args = accept_call(records, settings.dedupe_window_s * 1000, int(time.time() * 1000))
+    try:
+        result = await script(keys=keys, args=args, client=redis)
+    except RedisError as exc:
+        log.warning("event.store_unavailable", source=source.name, error=type(exc).__name__)
+        raise ApiError(503, "store_unavailable", "the event store is unreachable; retry later",
+                       headers={"Retry-After": RETRY_AFTER_S}) from None
+    for index, record in enumerate(records):
+        is_new = int(result[2 * index + 1])
+        (outcome.accepted if is_new else outcome.duplicates).append(record.event_id)
+    return outcome
+
+
+def wait_seconds(request: Request) -> float:
+    raw = request.query_params.get("wait")
+    if raw is None:
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ApiError(400, "invalid_wait", "wait must be a number of seconds from 0 to 10") from None
+    if not 0 <= value <= MAX_WAIT_S:
+        raise ApiError(400, "invalid_wait", "wait must be a number of seconds from 0 to 10")
+    return value
+
+
+async def wait_for_webhooks(redis: Redis, outcome: Outcome, seconds: float) -> list[dict[str, Any]] | None:
+    """The webhook payloads the events produced, once every job has finished; None on time-out."""
+    deadline = time.monotonic() + seconds
+    pause = 0.005
+    while True:
+        async with redis.pipeline(transaction=False) as pipe:
+            for ref, functions in outcome.jobs.items():
+                pipe.hmget(job_runs_key(ref), functions)
+            runs = await pipe.execute()
+        finished = all(run and json.loads(run).get("status") in FINAL for per_event in runs for run in per_event)
+        if finished:
+            payloads: list[dict[str, Any]] = []
+            for ref in outcome.jobs:
+                payloads += await produced_payloads(redis, ref)
+            return payloads
+        if time.monotonic() + pause > deadline:
+            return None
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
+async def receive(request: Request, settings: Settings, redis: Redis, script: AsyncScript) -> Outcome:
+    name = request.path_params["source"]
+    source = settings.sources.get(name)
+    if source is None:
+        raise ApiError(404, "unknown_source", f"no source named {name!r} is configured",
+                       details={"known": sorted(settings.sources)})
+    structlog.contextvars.bind_contextvars(source=name)
+    if not _is_json(request.headers.get("content-type", "")):
+        raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json",
+                       details={"got": request.headers.get("content-type")})
+    body = await read_body(request, settings.max_body_bytes)
+    if source.signing_secret:
+        _check_signature(source, request, body)
+    items, batch = _parse_items(source, body, settings.max_batch)
+    if not source.signing_secret and source.token:
+        _check_body_token(source, items)
+    parsed = _parse_events(source, items, batch, settings.providers)
+    wait = wait_seconds(request)
+    outcome = await accept(redis, script, settings, source, parsed)
+    structlog.contextvars.bind_contextvars(event_ids=[p.event_id for p in parsed])
+    if wait and outcome.jobs:
+        try:
+            outcome.webhooks = await wait_for_webhooks(redis, outcome, wait)
+        except RedisError:
+            outcome.webhooks = None   # accepted already: answer 202 and let the webhook go out on its own
+    return outcome

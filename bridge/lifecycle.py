@@ -1,0 +1,268 @@
+"""What each canonical event does: provider calls, lesson state, and the webhooks it produces.
+
+Every handler is safe to run twice: lesson state is read before a room is created, under a
+per-lesson lock, and webhook ids derive from the event reference.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import httpx
+from arq.connections import ArqRedis
+
+from bridge.config import Settings, SourceConfig
+from bridge.providers.base import Capability, Lesson, Provider, ProviderError, Room, User
+from bridge.sources.canonical import iso
+from bridge.store import lesson_key, lesson_lock_key, teachers_key
+from bridge.webhooks import emit
+
+LOCK_TIMEOUT_S = 60
+LOCK_WAIT_S = 30
+
+
+@dataclass
+class Runtime:
+    """Per-process state shared by every job: built once at worker start-up."""
+
+    settings: Settings
+    redis: ArqRedis
+    http: httpx.AsyncClient
+    providers: dict[str, Provider]
+
+
+@dataclass
+class Job:
+    rt: Runtime
+    source: SourceConfig
+    ref: str
+    event: dict[str, Any]
+    replay_of: str | None
+
+    @property
+    def lesson(self) -> Lesson:
+        raw = self.event["lesson"]
+        return Lesson(id=raw["id"], title=raw.get("title") or "", starts_at=_time(raw.get("starts_at")),
+                      ends_at=_time(raw.get("ends_at")), record=bool(raw.get("record")))
+
+    @property
+    def lesson_key(self) -> str:
+        return lesson_key(self.source.name, self.event["lesson"]["id"])
+
+    async def provider_name(self) -> str:
+        stored = await self.rt.redis.hget(self.lesson_key, "provider")
+        return stored.decode() if stored else self.event["lesson"]["provider"]
+
+    async def provider(self) -> Provider:
+        return self.rt.providers[await self.provider_name()]
+
+    async def emit(self, webhook_type: str, extra: dict[str, Any] | None = None, discriminator: str = "") -> str:
+        data: dict[str, Any] = {
+            "event_id": self.event["id"], "source": self.source.name,
+            "lesson_id": (self.event.get("lesson") or {}).get("id"),
+            "provider": await self.provider_name() if self.event.get("lesson") else None,
+        }
+        if self.replay_of:
+            data["replay_of"] = self.replay_of
+        data.update(extra or {})
+        return await emit(self.rt.redis, self.source, self.ref, webhook_type, data, discriminator)
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def _room_from(raw: bytes | None) -> Room | None:
+    if not raw:
+        return None
+    data = json.loads(raw)
+    return Room(id=data["id"], name=data["name"], extra=data.get("extra", {}))
+
+
+def _room_json(room: Room) -> str:
+    return json.dumps({"id": room.id, "name": room.name, "extra": room.extra})
+
+
+async def ensure_room(job: Job) -> tuple[Room, bool]:
+    """The lesson's room, created on first need. Returns (room, created_now)."""
+    redis = job.rt.redis
+    existing = _room_from(await redis.hget(job.lesson_key, "room"))
+    if existing:
+        return existing, False
+    lock = redis.lock(lesson_lock_key(job.source.name, job.event["lesson"]["id"]), timeout=LOCK_TIMEOUT_S,
+                      blocking_timeout=LOCK_WAIT_S)
+    async with lock:
+        existing = _room_from(await redis.hget(job.lesson_key, "room"))
+        if existing:
+            return existing, False
+        provider = await job.provider()
+        room = await provider.create_room(job.lesson)
+        await redis.hset(job.lesson_key, mapping={
+            "provider": provider.name, "room": _room_json(room), "status": "scheduled",
+            "title": job.lesson.title,
+        })
+        return room, True
+
+
+async def _room_webhook_data(job: Job, room: Room) -> dict[str, Any]:
+    return {"room_id": room.id, "room_name": room.name, "title": job.lesson.title}
+
+
+async def lesson_scheduled(job: Job) -> None:
+    room, created = await ensure_room(job)
+    await job.emit("room.created", {**await _room_webhook_data(job, room), "created": created})
+
+
+async def lesson_updated(job: Job) -> None:
+    room, created = await ensure_room(job)
+    if not created:
+        provider = await job.provider()
+        if provider.supports(Capability.ROOMS):
+            room = await provider.update_room(job.lesson, room)
+        await job.rt.redis.hset(job.lesson_key, mapping={"room": _room_json(room), "title": job.lesson.title})
+    await job.emit("room.updated", await _room_webhook_data(job, room))
+
+
+async def lesson_started(job: Job) -> None:
+    room, _ = await ensure_room(job)
+    await job.rt.redis.hset(job.lesson_key, "status", "started")
+    await job.emit("room.updated", {**await _room_webhook_data(job, room), "status": "started"})
+
+
+async def _close(job: Job, status: str, webhook_type: str, operation: Callable[[Provider, Lesson, Room],
+                 Awaitable[None]]) -> None:
+    room = _room_from(await job.rt.redis.hget(job.lesson_key, "room"))
+    provider = await job.provider()
+    if room is not None:
+        await operation(provider, job.lesson, room)
+    await job.rt.redis.hset(job.lesson_key, "status", status)
+    await job.emit(webhook_type, {"room_id": room.id if room else None, "status": status})
+
+
+async def lesson_cancelled(job: Job) -> None:
+    async def delete(provider: Provider, lesson: Lesson, room: Room) -> None:
+        if provider.supports(Capability.ROOMS):
+            await provider.delete_room(lesson, room)
+    await _close(job, "cancelled", "room.deleted", delete)
+    await job.rt.redis.hdel(job.lesson_key, "room")
+
+
+async def lesson_ended(job: Job) -> None:
+    async def end(provider: Provider, lesson: Lesson, room: Room) -> None:
+        if provider.supports(Capability.END_ROOM):
+            await provider.end_room(lesson, room)
+    await _close(job, "ended", "room.ended", end)
+
+
+async def resolve_role(job: Job) -> User:
+    raw = job.event["user"]
+    role = raw.get("role") or "student"
+    course = job.event.get("data", {}).get("moodle_course")
+    user = User(id=raw["id"], name=raw.get("name") or "", email=raw.get("email") or "", role=role)
+    if course and not user.is_moderator and await job.rt.redis.sismember(teachers_key(job.source.name, course),
+                                                                          user.id):
+        return User(id=user.id, name=user.name, email=user.email, role="teacher")
+    return user
+
+
+async def user_joined(job: Job) -> None:
+    user = await resolve_role(job)
+    room, _ = await ensure_room(job)
+    grant = await (await job.provider()).join(job.lesson, room, user)
+    await job.emit("join.ready", {"user_id": user.id, "role": grant.role, "join_url": grant.join_url,
+                                  "token": grant.token, "expires_at": iso(grant.expires_at)})
+
+
+async def user_left(job: Job) -> None:
+    """Nothing to do at the provider: the participant has already gone."""
+
+
+async def _require_room(job: Job) -> Room:
+    room = _room_from(await job.rt.redis.hget(job.lesson_key, "room"))
+    if room is None:
+        raise ProviderError("no_room", f"lesson {job.event['lesson']['id']} has no room", retryable=False)
+    return room
+
+
+async def user_removed(job: Job) -> None:
+    room = await _require_room(job)
+    user_id = job.event["user"]["id"]
+    await (await job.provider()).kick(job.lesson, room, user_id, job.event["data"].get("participant_id"))
+    await job.emit("participant.kicked", {"user_id": user_id})
+
+
+async def user_banned(job: Job) -> None:
+    room = await _require_room(job)
+    provider = await job.provider()
+    user_id = job.event["user"]["id"]
+    token = job.event["data"].get("token")
+    if token:
+        await provider.ban_token(job.lesson, room, token)
+    else:
+        await provider.ban_user(job.lesson, room, user_id)
+    await job.emit("participant.banned", {"user_id": user_id})
+
+
+async def call_dial_out(job: Job) -> None:
+    room, _ = await ensure_room(job)
+    phone = job.event["data"]["phone"]
+    await (await job.provider()).dial_out(job.lesson, room, phone)
+    await job.emit("call.dialing", {"phone": phone})
+
+
+async def call_hang_up(job: Job) -> None:
+    room = await _require_room(job)
+    phone = job.event["data"]["phone"]
+    await (await job.provider()).hang_up(job.lesson, room, phone)
+    await job.emit("call.hung_up", {"phone": phone})
+
+
+async def role_changed(job: Job) -> None:
+    data = job.event["data"]
+    if not data.get("teacher"):
+        return
+    key = teachers_key(job.source.name, data["moodle_course"])
+    if job.event["type"] == "role.assigned":
+        await job.rt.redis.sadd(key, job.event["user"]["id"])
+    else:
+        await job.rt.redis.srem(key, job.event["user"]["id"])
+
+
+async def recording_start(job: Job) -> None:
+    room, _ = await ensure_room(job)
+    recording_id = await (await job.provider()).start_recording(job.lesson, room)
+    await job.rt.redis.hset(job.lesson_key, "recording", recording_id)
+    await job.emit("recording.started", {"recording_id": recording_id})
+
+
+async def recording_stop(job: Job) -> None:
+    room = await _require_room(job)
+    stored = await job.rt.redis.hget(job.lesson_key, "recording")
+    recording_id = job.event["data"].get("recording_id") or (stored.decode() if stored else None)
+    if not recording_id:
+        raise ProviderError("no_recording", "the lesson has no active recording", retryable=False)
+    await (await job.provider()).stop_recording(job.lesson, room, recording_id)
+    await job.rt.redis.hdel(job.lesson_key, "recording")
+    await job.emit("recording.completed", {"recording_id": recording_id})
+
+
+HANDLERS: dict[str, Callable[[Job], Awaitable[None]]] = {
+    "lesson_scheduled": lesson_scheduled,
+    "lesson_updated": lesson_updated,
+    "lesson_cancelled": lesson_cancelled,
+    "lesson_started": lesson_started,
+    "lesson_ended": lesson_ended,
+    "user_joined": user_joined,
+    "user_left": user_left,
+    "user_removed": user_removed,
+    "user_banned": user_banned,
+    "call_dial_out": call_dial_out,
+    "call_hang_up": call_hang_up,
+    "role_changed": role_changed,
+    "recording_start": recording_start,
+    "recording_stop": recording_stop,
+}

@@ -1,0 +1,131 @@
+"""Moodle events as the `local_webhooks` plugin sends them: Moodle's own event shape.
+
+Moodle sends every event it has; those not in the map are accepted and ignored, never an error.
+Moodle gives no event id, so the id is a stable hash of the fields that identify an occurrence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from bridge.sources import InvalidEvent, Parsed
+from bridge.sources.canonical import EVENT_TYPES, INTERNAL_TYPES, iso, validate
+
+if TYPE_CHECKING:
+    from bridge.config import SourceConfig
+
+DEFAULT_EVENT_MAP: dict[str, str] = {
+    "\\core\\event\\calendar_event_created": "lesson.scheduled",
+    "\\core\\event\\calendar_event_updated": "lesson.updated",
+    "\\core\\event\\calendar_event_deleted": "lesson.cancelled",
+    "\\core\\event\\course_module_created": "lesson.scheduled",
+    "\\core\\event\\course_module_updated": "lesson.updated",
+    "\\core\\event\\course_module_deleted": "lesson.cancelled",
+    "\\mod_bigbluebuttonbn\\event\\meeting_joined": "user.joined",
+    "\\mod_bigbluebuttonbn\\event\\meeting_left": "user.left",
+    "\\mod_bigbluebuttonbn\\event\\meeting_ended": "lesson.ended",
+    "\\mod_zoom\\event\\join_meeting_button_clicked": "user.joined",
+    "\\mod_jitsi\\event\\jitsi_session_enter": "user.joined",
+    "\\mod_jitsi\\event\\jitsi_session_exit": "user.left",
+    "\\mod_jitsi\\event\\jitsi_press_record_button": "recording.start",
+    "\\core\\event\\role_assigned": "role.assigned",
+    "\\core\\event\\role_unassigned": "role.unassigned",
+}
+# Course-module events concern every activity (forums, quizzes...); only these are lessons.
+DEFAULT_CONFERENCE_MODULES = ("bigbluebuttonbn", "zoom", "jitsi")
+DEFAULT_TEACHER_ROLE_IDS = ("1", "3", "4")   # manager, editingteacher, teacher
+CONTEXT_MODULE = "70"
+IDENTITY_FIELDS = ("host", "eventname", "objectid", "contextinstanceid", "userid", "relateduserid",
+                   "timecreated")
+
+
+def normalise_id(value: Any) -> str:
+    """Moodle sends ids as numbers or strings depending on the plugin; 7, "7" and "7 " are one id."""
+    if value is None or isinstance(value, bool):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def event_id(item: dict[str, Any]) -> str:
+    identity = [normalise_id(item.get(name)) for name in IDENTITY_FIELDS]
+    digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()
+    return f"mdl_{digest[:32]}"
+
+
+def event_map(source: SourceConfig) -> dict[str, str]:
+    overrides = source.options.get("event_map", {})
+    return {**DEFAULT_EVENT_MAP, **overrides}
+
+
+def _lesson_id(host: str, item: dict[str, Any]) -> str | None:
+    if normalise_id(item.get("contextlevel")) == CONTEXT_MODULE and normalise_id(item.get("contextinstanceid")):
+        return f"moodle:{host}:{normalise_id(item['contextinstanceid'])}"
+    if item.get("objecttable") == "event" and normalise_id(item.get("objectid")):
+        return f"moodle:{host}:event:{normalise_id(item['objectid'])}"
+    return None
+
+
+def _check_shape(item: Any) -> dict[str, Any]:
+    if not isinstance(item, dict):
+        raise InvalidEvent("", f"a Moodle event must be a JSON object, got {type(item).__name__}")
+    name = item.get("eventname")
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidEvent("eventname", "is required (a Moodle event name such as \\core\\event\\user_loggedin)")
+    time_created = item.get("timecreated")
+    if isinstance(time_created, str) and time_created.strip().isdigit():
+        time_created = int(time_created)
+    if time_created is not None and (not isinstance(time_created, int) or isinstance(time_created, bool)):
+        raise InvalidEvent("timecreated", "must be a Unix time in seconds")
+    return item
+
+
+def parse(source: SourceConfig, item: Any) -> Parsed:
+    item = _check_shape(item)
+    raw = {k: v for k, v in item.items() if k != "token"}
+    eid = event_id(item)
+    name = item["eventname"].strip()
+    canonical_type = event_map(source).get(name)
+    if not canonical_type:
+        return Parsed(eid, raw, None, ignored_reason=f"no mapping for {name}")
+    if canonical_type not in EVENT_TYPES | INTERNAL_TYPES:
+        raise InvalidEvent("eventname", f"source maps it to unknown type {canonical_type!r}")
+
+    other = item.get("other") if isinstance(item.get("other"), dict) else {}
+    modules = source.options.get("conference_modules", DEFAULT_CONFERENCE_MODULES)
+    if name.startswith("\\core\\event\\course_module_") and other.get("modulename") not in modules:
+        return Parsed(eid, raw, None, ignored_reason=f"module {other.get('modulename')!r} is not a lesson")
+
+    host = normalise_id(item.get("host")) or source.name
+    course_id = normalise_id(item.get("courseid"))
+    time_created = int(item.get("timecreated") or 0)
+    occurred_at = iso(datetime.fromtimestamp(time_created, UTC)) if time_created else None
+    data: dict[str, Any] = {"moodle_course": f"{host}:{course_id}"}
+    event: dict[str, Any] = {"id": eid, "type": canonical_type, "occurred_at": occurred_at, "data": data}
+
+    if canonical_type in INTERNAL_TYPES:
+        role_id = normalise_id(item.get("objectid"))
+        teacher_ids = {normalise_id(r) for r in source.options.get("teacher_role_ids", DEFAULT_TEACHER_ROLE_IDS)}
+        data["teacher"] = role_id in teacher_ids
+        event["user"] = {"id": normalise_id(item.get("relateduserid")) or "0"}
+        return Parsed(eid, raw, validate(event, source.provider, internal=True))
+
+    lesson_id = _lesson_id(host, item)
+    if lesson_id is None:
+        return Parsed(eid, raw, None, ignored_reason=f"{name} is not in a course-module or calendar context")
+    start = other.get("timestart")
+    event["lesson"] = {
+        "id": lesson_id,
+        "title": str(other.get("name") or ""),
+        "starts_at": iso(datetime.fromtimestamp(int(start), UTC)) if str(start or "").isdigit() else None,
+    }
+    user_id = normalise_id(item.get("userid"))
+    if user_id and user_id != "0":
+        is_host = other.get("userishost") in (True, 1, "1", "true")
+        default_role = str(source.options.get("default_role", "student"))
+        event["user"] = {"id": user_id, "role": "teacher" if is_host else default_role}
+    return Parsed(eid, raw, validate(event, source.provider))

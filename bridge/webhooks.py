@@ -1,0 +1,222 @@
+"""Outbound webhooks: record what an event produced, then deliver it, signed, with retries.
+
+A webhook's id is derived from the event reference, its type and a discriminator, so a job that
+re-runs after a crash produces the same `webhook-id` and the first stored payload wins.
+Each attempt is its own arq job (`<webhook id>:<attempt>`), so a delivery survives any restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import json
+import random
+import socket
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+import structlog
+from arq.connections import ArqRedis
+
+from bridge.config import Settings, SourceConfig
+from bridge.signing import sign
+from bridge.sources.canonical import iso
+from bridge.store import (
+    DEAD_LETTERS,
+    FAILED_DELIVERIES,
+    WORKER_QUEUE,
+    attempts_key,
+    delivery_key,
+    endpoint_disabled_key,
+    produced_key,
+)
+
+log = structlog.get_logger("bridge.webhooks")
+ANSWER_LOG_BYTES = 2048
+JITTER = 0.2
+RECORD_TTL_S = 30 * 24 * 3600
+
+# Stores the payload once (first writer wins) and appends its id to the event's produced list.
+RECORD_SCRIPT = """
+if redis.call('HSETNX', KEYS[1], 'payload', ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'source', ARGV[2], 'type', ARGV[3], 'ref', ARGV[4], 'status', ARGV[5],
+    'attempts', 0, 'created_at', ARGV[6])
+  redis.call('EXPIRE', KEYS[1], ARGV[7])
+  redis.call('RPUSH', KEYS[2], ARGV[8])
+  redis.call('EXPIRE', KEYS[2], ARGV[7])
+  return 1
+end
+return 0
+"""
+
+
+def webhook_id(ref: str, webhook_type: str, discriminator: str = "") -> str:
+    digest = hashlib.sha256(f"{ref}|{webhook_type}|{discriminator}".encode()).hexdigest()
+    return f"msg_{digest[:26]}"
+
+
+def wants(source: SourceConfig, webhook_type: str) -> bool:
+    for pattern in source.webhook_events:
+        if pattern == "*" or pattern == webhook_type or (pattern.endswith(".*") and
+                                                         webhook_type.startswith(pattern[:-1])):
+            return True
+    return False
+
+
+async def emit(redis: ArqRedis, source: SourceConfig, ref: str, webhook_type: str, data: dict[str, Any],
+               discriminator: str = "") -> str:
+    """Record the webhook an event produced and enqueue its first delivery attempt. Safe to repeat."""
+    msg_id = webhook_id(ref, webhook_type, discriminator)
+    payload = json.dumps({"type": webhook_type, "timestamp": iso(datetime.now(UTC)), "data": data},
+                         separators=(",", ":"))
+    deliver = bool(source.webhook_url) and wants(source, webhook_type)
+    status = "pending" if deliver else "not_sent"
+    await redis.eval(RECORD_SCRIPT, 2, delivery_key(msg_id), produced_key(ref), payload, source.name,
+                     webhook_type, ref, status, iso(datetime.now(UTC)), RECORD_TTL_S, msg_id)
+    if deliver:
+        await redis.enqueue_job("deliver_webhook", msg_id, 0, _job_id=f"{msg_id}:0", _queue_name=WORKER_QUEUE)
+    return msg_id
+
+
+async def produced_payloads(redis: Any, ref: str) -> list[dict[str, Any]]:
+    ids = await redis.lrange(produced_key(ref), 0, -1)
+    if not ids:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for msg_id in ids:
+            pipe.hget(delivery_key(msg_id.decode() if isinstance(msg_id, bytes) else msg_id), "payload")
+        payloads = await pipe.execute()
+    return [json.loads(p) for p in payloads if p]
+
+
+class UnsafeDestination(Exception):
+    pass
+
+
+async def check_destination(url: str, allow_private: bool) -> None:
+    """Refuse webhook URLs that resolve to loopback, private, link-local or metadata addresses."""
+    if allow_private:
+        return
+    host = urlparse(url).hostname or ""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UnsafeDestination(f"cannot resolve {host}: {exc.strerror}") from None
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if (address.is_loopback or address.is_private or address.is_link_local or address.is_reserved
+                or address.is_multicast or address.is_unspecified):
+            raise UnsafeDestination(f"{host} resolves to {address}, a non-public address "
+                                    "(set allow_private_network = true to allow it)")
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    status: int | None          # None: no HTTP answer (connection error, timeout, refused destination)
+    error: str | None
+    retry_after: float | None
+
+
+def next_delay(schedule: tuple[float, ...], attempt: int, retry_after: float | None) -> float | None:
+    """Seconds before attempt number `attempt + 1`, or None when the schedule is exhausted."""
+    if attempt >= len(schedule):
+        return None
+    base = schedule[attempt]
+    delay = base * random.uniform(1 - JITTER, 1 + JITTER)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return delay
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    header = response.headers.get("retry-after")
+    if not header:
+        return None
+    try:
+        return max(0.0, float(header))
+    except ValueError:
+        return None
+
+
+async def attempt(http: httpx.AsyncClient, settings: Settings, source: SourceConfig, msg_id: str,
+                  payload: bytes) -> tuple[AttemptResult, str, float]:
+    assert source.webhook_url
+    started = time.perf_counter()
+    timestamp = int(time.time())
+    headers = {
+        "content-type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(source.webhook_secrets, msg_id, timestamp, payload),
+    }
+    try:
+        await check_destination(source.webhook_url, source.allow_private_network)
+        response = await http.post(source.webhook_url, content=payload, headers=headers,
+                                   timeout=settings.webhook_timeout_s, follow_redirects=False)
+    except UnsafeDestination as exc:
+        return AttemptResult(None, f"refused: {exc}", None), "", time.perf_counter() - started
+    except httpx.HTTPError as exc:
+        return AttemptResult(None, type(exc).__name__, None), "", time.perf_counter() - started
+    answer = response.text[:ANSWER_LOG_BYTES]
+    ok = 200 <= response.status_code < 300
+    result = AttemptResult(response.status_code, None if ok else f"HTTP {response.status_code}",
+                           _retry_after(response) if response.status_code in (429, 503) else None)
+    return result, answer, time.perf_counter() - started
+
+
+async def deliver(redis: ArqRedis, http: httpx.AsyncClient, settings: Settings, msg_id: str, number: int) -> str:
+    """Make attempt `number` (0-based) of one delivery; schedule the next or dead-letter it."""
+    record = {k.decode(): v.decode() for k, v in (await redis.hgetall(delivery_key(msg_id))).items()}
+    if not record:
+        return "missing"
+    if record.get("status") == "delivered":
+        return "delivered"
+    source = settings.sources.get(record["source"])
+    if source is None or not source.webhook_url:
+        await redis.hset(delivery_key(msg_id), "status", "dead")
+        await redis.zadd(DEAD_LETTERS, {msg_id: time.time()})
+        return "dead"
+    if await redis.exists(endpoint_disabled_key(source.name)):
+        await redis.hset(delivery_key(msg_id), mapping={"status": "disabled"})
+        await redis.zadd(FAILED_DELIVERIES, {msg_id: time.time()})
+        return "disabled"
+
+    result, answer, seconds = await attempt(http, settings, source, msg_id, record["payload"].encode())
+    entry = {"at": iso(datetime.now(UTC)), "attempt": number, "status": result.status, "ms": round(seconds * 1000, 1),
+             "error": result.error, "answer": answer}
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.rpush(attempts_key(msg_id), json.dumps(entry))
+        pipe.expire(attempts_key(msg_id), RECORD_TTL_S)
+        pipe.hincrby(delivery_key(msg_id), "attempts", 1)
+        pipe.hset(delivery_key(msg_id), "last_status", str(result.status or result.error))
+        await pipe.execute()
+    log.info("webhook.attempt", webhook_id=msg_id, event_ref=record.get("ref"), attempt=number,
+             status=result.status, error=result.error, ms=entry["ms"])
+
+    if result.error is None:
+        await redis.hset(delivery_key(msg_id), "status", "delivered")
+        await redis.zrem(FAILED_DELIVERIES, msg_id)
+        return "delivered"
+    if result.status == 410:
+        await redis.set(endpoint_disabled_key(source.name), iso(datetime.now(UTC)))
+        await redis.hset(delivery_key(msg_id), "status", "disabled")
+        await redis.zadd(FAILED_DELIVERIES, {msg_id: time.time()})
+        log.warning("webhook.endpoint_disabled", source=source.name, webhook_id=msg_id)
+        return "disabled"
+    delay = next_delay(settings.webhook_retry_schedule, number, result.retry_after)
+    if delay is None:
+        await redis.hset(delivery_key(msg_id), "status", "dead")
+        await redis.zadd(DEAD_LETTERS, {msg_id: time.time()})
+        await redis.zrem(FAILED_DELIVERIES, msg_id)
+        log.warning("webhook.dead", webhook_id=msg_id, attempts=number + 1)
+        return "dead"
+    await redis.hset(delivery_key(msg_id), mapping={"status": "failed", "next_at": str(time.time() + delay)})
+    await redis.zadd(FAILED_DELIVERIES, {msg_id: time.time()})
+    await redis.enqueue_job("deliver_webhook", msg_id, number + 1, _job_id=f"{msg_id}:{number + 1}",
+                            _defer_by=delay, _queue_name=WORKER_QUEUE)
+    return "failed"

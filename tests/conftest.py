@@ -1,0 +1,161 @@
+"""Shared fixtures: a real Redis server the tests start, the bridge over real HTTP, real workers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from bridge.app import create_app
+from bridge.config import load_settings
+from bridge.embedded import EmbeddedRedis
+from bridge.store import WORKER_QUEUE, health_check_key
+from tests.fakes.receiver import Receiver
+from tests.fakes.server import serve
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).parent / "fixtures"
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"receiver-secret-32-bytes-long!!!").decode()
+MOODLE_TOKEN = "moodle-token-7f3a9c"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis(redis_server: EmbeddedRedis) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(redis_server.url)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[Receiver, str]]:
+    hook = Receiver(WEBHOOK_SECRET)
+    with serve(hook.app) as base:
+        yield hook, f"{base}/hook"
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def default_config(tmp_path: Path, webhook_url: str | None = None, extra: str = "") -> Path:
+    hook = ""
+    if webhook_url:
+        hook = (f'webhook_url = "{webhook_url}"\nwebhook_secret = "{WEBHOOK_SECRET}"\n'
+                "allow_private_network = true\n")
+    return write_config(tmp_path / "bridge.toml", f"""
+[providers.sandbox]
+kind = "sandbox"
+
+[sources.default]
+format = "canonical"
+provider = "sandbox"
+{hook}
+[sources.moodle]
+format = "moodle"
+token = "{MOODLE_TOKEN}"
+provider = "sandbox"
+{hook}
+[webhooks]
+retry_schedule = [0.2, 0.4, 0.8]
+timeout_s = 2
+
+[bridge]
+data_dir = "{tmp_path / 'var'}"
+{extra}
+""")
+
+
+class Bridge:
+    """The web app over real HTTP on loopback plus helpers to start real worker processes."""
+
+    def __init__(self, base_url: str, config: Path, redis_url: str, tmp_path: Path) -> None:
+        self.base_url, self.config, self.redis_url, self.tmp_path = base_url, config, redis_url, tmp_path
+        self.workers: list[subprocess.Popen[bytes]] = []
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "BRIDGE_CONFIG": str(self.config), "REDIS_URL": self.redis_url,
+                "PYTHONPATH": str(ROOT)}
+
+    def start_worker(self, kind: str = "worker") -> subprocess.Popen[bytes]:
+        log = open(self.tmp_path / f"{kind}-{len(self.workers)}.log", "wb")
+        process = subprocess.Popen([sys.executable, "-m", "bridge.cli", kind], env=self.env(), stdout=log,
+                                   stderr=subprocess.STDOUT, cwd=self.tmp_path)
+        self.workers.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.workers:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.workers:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    def logs(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted(self.tmp_path.glob("*.log")))
+
+
+@pytest.fixture
+def make_bridge(redis_server: EmbeddedRedis, redis: aioredis.Redis,
+                tmp_path: Path) -> Iterator[Callable[..., Bridge]]:
+    started: list[tuple[Bridge, Any]] = []
+
+    def make(config: Path | None = None, webhook_url: str | None = None, extra: str = "") -> Bridge:
+        config = config or default_config(tmp_path, webhook_url, extra)
+        settings = load_settings({"BRIDGE_CONFIG": str(config), "REDIS_URL": redis_server.url})
+        context = serve(create_app(settings), lifespan=True)
+        base = context.__enter__()
+        bridge = Bridge(base, config, redis_server.url, tmp_path)
+        started.append((bridge, context))
+        return bridge
+
+    yield make
+    for bridge, context in started:
+        bridge.stop_all()
+        context.__exit__(None, None, None)
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float = 20, interval: float = 0.05) -> Any:
+    """Poll an (async or sync) predicate until it returns truthy; fail the test on time-out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+async def worker_ready(redis: aioredis.Redis, queue: str = WORKER_QUEUE) -> bool:
+    return bool(await redis.exists(health_check_key(queue)))
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=15) as http:
+        yield http

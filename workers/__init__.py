@@ -1,0 +1,1 @@
+"""arq job functions and worker settings; thin wrappers around bridge/ code."""

@@ -1,0 +1,88 @@
+"""Job functions: one per canonical type (named in bridge.routing), plus webhook delivery.
+
+Each run records its outcome in the event's runs hash, logs one line carrying the event id,
+and turns provider errors into either an arq retry or an `event.failed` webhook.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from arq import Retry
+from redis.exceptions import LockError
+
+from bridge.lifecycle import HANDLERS, Job, Runtime
+from bridge.providers.base import ProviderError
+from bridge.sources.canonical import iso
+from bridge.store import job_runs_key
+from bridge.webhooks import deliver
+
+log = structlog.get_logger("bridge.jobs")
+MAX_TRIES = 8
+RUNS_TTL_S = 30 * 24 * 3600
+
+
+def retry_delay(job_try: int, retry_after: float | None) -> float:
+    return max(retry_after or 0.0, min(2.0 ** (job_try - 1), 300.0))
+
+
+async def _record(rt: Runtime, ref: str, function: str, outcome: dict[str, Any]) -> None:
+    async with rt.redis.pipeline(transaction=True) as pipe:
+        pipe.hset(job_runs_key(ref), function, json.dumps(outcome))
+        pipe.expire(job_runs_key(ref), RUNS_TTL_S)
+        await pipe.execute()
+
+
+def event_job(function: str) -> Callable[[dict[str, Any], dict[str, Any]], Awaitable[str]]:
+    handler = HANDLERS[function]
+
+    async def run(ctx: dict[str, Any], envelope: dict[str, Any]) -> str:
+        rt: Runtime = ctx["bridge"]
+        job_try = int(ctx.get("job_try", 1))
+        ref, event = envelope["ref"], envelope["event"]
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(event_id=event["id"], ref=ref, job=function, job_try=job_try)
+        started = time.perf_counter()
+        source = rt.settings.sources.get(envelope["source"])
+        error: ProviderError | None = None
+        try:
+            if source is None:
+                raise ProviderError("unknown_source", f"source {envelope['source']!r} is no longer configured",
+                                    retryable=False)
+            await handler(Job(rt, source, ref, event, envelope.get("replay_of")))
+        except ProviderError as exc:
+            error = exc
+        except LockError:
+            error = ProviderError("lesson_busy", "another job held the lesson lock too long", retryable=True)
+        except Exception as exc:  # a bug: fail visibly (event.failed) so the event can be replayed after a fix
+            log.exception("job.crashed")
+            error = ProviderError("internal_error", f"{type(exc).__name__}: {exc}"[:300], retryable=False)
+        ms = round((time.perf_counter() - started) * 1000, 1)
+        outcome: dict[str, Any] = {"status": "ok", "try": job_try, "at": iso(datetime.now(UTC)), "ms": ms}
+        if error is not None:
+            outcome.update(status="failed", error={"code": error.code, "message": error.message})
+            if error.retryable and job_try < MAX_TRIES:
+                outcome["status"] = "retrying"
+                await _record(rt, ref, function, outcome)
+                log.warning("job.retry", code=error.code, ms=ms)
+                raise Retry(defer=retry_delay(job_try, error.retry_after))
+            if source is not None:
+                await Job(rt, source, ref, event, envelope.get("replay_of")).emit(
+                    "event.failed", {"job": function, "error": outcome["error"]}, discriminator=function)
+        await _record(rt, ref, function, outcome)
+        log.info("job", status=outcome["status"], ms=ms, error=outcome.get("error"))
+        return outcome["status"]
+
+    run.__qualname__ = run.__name__ = function
+    return run
+
+
+async def deliver_webhook(ctx: dict[str, Any], webhook_id: str, attempt: int) -> str:
+    rt: Runtime = ctx["bridge"]
+    structlog.contextvars.clear_contextvars()
+    return await deliver(rt.redis, rt.http, rt.settings, webhook_id, attempt)
