@@ -6,6 +6,7 @@ provider credentials, and plugin developers can exercise every event type.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,8 +27,15 @@ class SandboxProvider(Provider):
         self._secret = str(settings.get("secret", "sandbox-only-secret-not-for-production-use"))
         self._join_base = str(settings.get("join_base", "http://127.0.0.1:8000/sandbox")).rstrip("/")
         self._token_ttl = timedelta(seconds=int(settings.get("token_ttl_s", 3600)))
+        # Simulated provider latency, for plugin developers and for crash tests with jobs in flight.
+        self._delay_s = float(settings.get("delay_s", 0))
+
+    async def _latency(self) -> None:
+        if self._delay_s:
+            await asyncio.sleep(self._delay_s)
 
     async def create_room(self, lesson: Lesson) -> Room:
+        await self._latency()
         return Room(id=lesson.room_name, name=lesson.room_name, extra={"title": lesson.title})
 
     async def update_room(self, lesson: Lesson, room: Room) -> Room:
@@ -40,6 +48,7 @@ class SandboxProvider(Provider):
         return None
 
     async def join(self, lesson: Lesson, room: Room, user: User) -> JoinGrant:
+        await self._latency()
         now = datetime.now(UTC).replace(microsecond=0)
         expires_at = now + self._token_ttl
         role = "moderator" if user.is_moderator else "guest"

@@ -1,0 +1,265 @@
+"""A strict local JaaS simulator: conference commands and access management, with failure injection.
+
+It checks what the real service checks: the admin JWT is verified with the registered PUBLIC key
+(RS256, known ``kid``, ``aud``/``iss``, ``exp``/``nbf``, ``admin: true``, ``sub`` = the AppID), the
+``conferenceFullName`` names this AppID, and each command's body is validated per the JaaS doc.
+
+Usage::
+
+    sim = JaasSim("vpaas-magic-cookie-abc")
+    sim.add_key("vpaas-magic-cookie-abc/k1", private_key.public_key())
+    with serve(sim.app) as base_url: ...          # tests/fakes/server.py
+    sim.fail_next(2, status=503)                   # the next two calls answer 503
+    sim.join(token)                                # a participant joins with a join token
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
+CONFERENCE = re.compile(r"^(?P<room>[^@\s]+)@conference\.(?P<app>[A-Za-z0-9_-]+)\.8x8\.vc$")
+ACTIONS = {"DESTROY", "KICK_PARTICIPANT", "DIAL_OUT_PARTICIPANT", "HANG_UP_CALL"}
+
+
+class SimError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass
+class Injected:
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+    path_contains: str = ""
+
+
+class JaasSim:
+    """State + a Starlette `app`. Thread-safe enough for one test at a time (the app runs in a thread)."""
+
+    def __init__(self, app_id: str, keys: dict[str, Any] | None = None, *, leeway_s: int = 30) -> None:
+        self.app_id = app_id
+        self.keys: dict[str, Any] = dict(keys or {})
+        self.leeway_s = leeway_s
+        self._lock = threading.Lock()
+        self.reset()
+        self.app = Starlette(routes=[
+            Route("/v1/_jaas/conference-commands/v1/meeting", self._meeting, methods=["POST"]),
+            Route("/v1/_jaas/jaccess/v1/access-management/{app_id}/ban/user/{user_id}",
+                  self._ban_user, methods=["POST"]),
+            Route("/v1/_jaas/jaccess/v1/access-management/{app_id}/ban/jwt", self._ban_jwt,
+                  methods=["POST"]),
+        ])
+
+    # ------------------------------------------------------------------ test helpers
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests: list[dict[str, Any]] = []        # every request seen (method, path, auth, body)
+            self.commands: list[dict[str, Any]] = []        # accepted commands
+            self.conferences: dict[str, set[str]] = {}      # room -> participant ids present
+            self.calls: dict[str, set[str]] = {}            # room -> phone numbers dialled out
+            self.banned_users: set[str] = set()
+            self.banned_jwts: set[str] = set()
+            self.destroyed: list[str] = []
+            self._injected: list[Injected] = []
+
+    def add_key(self, kid: str, public_key: Any) -> None:
+        self.keys[kid] = public_key
+
+    def fail_next(self, count: int = 1, *, status: int = 503, body: Any = None,
+                  headers: dict[str, str] | None = None, delay_s: float = 0.0, path_contains: str = "") -> None:
+        """Answer the next `count` matching calls with `status` (after `delay_s`), before any auth check."""
+        if body is None and status >= 400:
+            body = {"status": status, "error": "INJECTED", "message": f"injected {status}"}
+        with self._lock:
+            for _ in range(count):
+                self._injected.append(Injected(status, body, dict(headers or {}), delay_s, path_contains))
+
+    def verify(self, token: str, *, admin: bool) -> dict[str, Any]:
+        """Verify a JaaS JWT like the service does; raises SimError(401/403)."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise SimError(401, "UNAUTHORIZED", "malformed token") from None
+        if header.get("alg") != "RS256":
+            raise SimError(401, "UNAUTHORIZED", "token must be RS256")
+        kid = header.get("kid")
+        key = self.keys.get(kid) if isinstance(kid, str) else None
+        if key is None or not kid.startswith(self.app_id + "/"):
+            raise SimError(401, "UNAUTHORIZED", "unknown kid")
+        try:
+            claims = jwt.decode(token, key, algorithms=["RS256"], audience="jitsi", issuer="chat",
+                                leeway=self.leeway_s, options={"require": ["exp", "nbf", "aud", "iss", "sub"]})
+        except jwt.ExpiredSignatureError:
+            raise SimError(401, "UNAUTHORIZED", "token expired") from None
+        except jwt.PyJWTError as exc:
+            raise SimError(401, "UNAUTHORIZED", f"invalid token: {type(exc).__name__}") from None
+        if claims.get("sub") != self.app_id:
+            raise SimError(403, "FORBIDDEN", "sub is not this AppID")
+        if admin and claims.get("admin") is not True:
+            raise SimError(403, "FORBIDDEN", "admin claim required")
+        return claims
+
+    def verify_participant_token(self, token: str) -> dict[str, Any]:
+        claims = self.verify(token, admin=False)
+        user = claims.get("context", {}).get("user", {})
+        if not isinstance(claims.get("room"), str) or not user.get("id"):
+            raise SimError(401, "UNAUTHORIZED", "participant token needs room and context.user.id")
+        if user.get("moderator") not in (None, "true", "false", True, False):
+            raise SimError(401, "UNAUTHORIZED", "moderator must be 'true' or 'false'")
+        return claims
+
+    def join(self, token: str) -> str:
+        """A participant joins with its token; returns the participant id (= context.user.id)."""
+        claims = self.verify_participant_token(token)
+        user_id = str(claims["context"]["user"]["id"])
+        if user_id in self.banned_users or token in self.banned_jwts:
+            raise SimError(403, "FORBIDDEN", "banned")
+        with self._lock:
+            self.conferences.setdefault(claims["room"], set()).add(user_id)
+        return user_id
+
+    # ------------------------------------------------------------------ HTTP plumbing
+
+    async def _injected_answer(self, request: Request) -> Response | None:
+        with self._lock:
+            chosen = next((i for i in self._injected if i.path_contains in request.url.path), None)
+            if chosen is not None:
+                self._injected.remove(chosen)
+        if chosen is None:
+            return None
+        if chosen.delay_s:
+            await asyncio.sleep(min(chosen.delay_s, 5.0))
+        if chosen.body is None:
+            return Response(status_code=chosen.status, headers=chosen.headers)
+        return JSONResponse(chosen.body, status_code=chosen.status, headers=chosen.headers)
+
+    @staticmethod
+    def _error(exc: SimError) -> JSONResponse:
+        return JSONResponse({"status": exc.status, "error": exc.code, "message": exc.message},
+                            status_code=exc.status)
+
+    async def _record(self, request: Request) -> None:
+        body_bytes = await request.body()
+        with self._lock:
+            self.requests.append({"method": request.method, "path": request.url.path,
+                                  "auth": request.headers.get("authorization", ""),
+                                  "body": body_bytes.decode("utf-8", "replace"), "at": time.time()})
+
+    async def _authorised(self, request: Request) -> dict[str, Any]:
+        auth = request.headers.get("authorization", "")
+        if not auth.startswith("Bearer "):
+            raise SimError(401, "UNAUTHORIZED", "Bearer token required")
+        return self.verify(auth[len("Bearer "):], admin=True)
+
+    @staticmethod
+    async def _json(request: Request) -> dict[str, Any]:
+        if not request.headers.get("content-type", "").startswith("application/json"):
+            raise SimError(415, "UNSUPPORTED_MEDIA_TYPE", "Content-Type must be application/json")
+        try:
+            body = await request.json()
+        except ValueError:
+            raise SimError(400, "BAD_REQUEST", "body is not JSON") from None
+        if not isinstance(body, dict):
+            raise SimError(400, "BAD_REQUEST", "body must be a JSON object")
+        return body
+
+    async def _handle(self, request: Request, handler: Any) -> Response:
+        await self._record(request)
+        injected = await self._injected_answer(request)
+        if injected is not None:
+            return injected
+        try:
+            claims = await self._authorised(request)
+            return await handler(request, claims)
+        except SimError as exc:
+            return self._error(exc)
+
+    # ------------------------------------------------------------------ endpoints
+
+    async def _meeting(self, request: Request) -> Response:
+        return await self._handle(request, self._do_meeting)
+
+    async def _do_meeting(self, request: Request, claims: dict[str, Any]) -> Response:
+        body = await self._json(request)
+        action = body.get("action")
+        payload = body.get("payload")
+        if action not in ACTIONS:
+            raise SimError(400, "BAD_REQUEST", f"unknown action (expected one of {sorted(ACTIONS)})")
+        if not isinstance(payload, dict):
+            raise SimError(400, "BAD_REQUEST", "payload object required")
+        full_name = payload.get("conferenceFullName")
+        match = CONFERENCE.match(full_name) if isinstance(full_name, str) else None
+        if match is None:
+            raise SimError(400, "BAD_REQUEST", "conferenceFullName must be <room>@conference.<appId>.8x8.vc")
+        if match["app"] != claims["sub"]:
+            raise SimError(403, "FORBIDDEN", "conferenceFullName appId differs from the token sub")
+        room = match["room"]
+        allowed = {"conferenceFullName"}
+        if action in ("DIAL_OUT_PARTICIPANT", "HANG_UP_CALL"):
+            allowed.add("phoneNo")
+            phone = payload.get("phoneNo")
+            if not isinstance(phone, str) or not E164.match(phone):
+                raise SimError(400, "BAD_REQUEST", "phoneNo must be an E.164 number")
+        if action == "KICK_PARTICIPANT":
+            allowed.add("participantId")
+            if not isinstance(payload.get("participantId"), str) or not payload["participantId"]:
+                raise SimError(400, "BAD_REQUEST", "participantId required")
+        extra = set(payload) - allowed
+        if extra:
+            raise SimError(400, "BAD_REQUEST", f"unexpected payload fields {sorted(extra)}")
+        with self._lock:
+            self.commands.append({"action": action, **payload})
+            if action == "DESTROY":
+                self.conferences.pop(room, None)
+                self.calls.pop(room, None)
+                self.destroyed.append(room)
+            elif action == "KICK_PARTICIPANT":
+                self.conferences.get(room, set()).discard(payload["participantId"])
+            elif action == "DIAL_OUT_PARTICIPANT":
+                self.calls.setdefault(room, set()).add(payload["phoneNo"])
+            else:
+                self.calls.get(room, set()).discard(payload["phoneNo"])
+        return Response(status_code=200)
+
+    async def _ban_user(self, request: Request) -> Response:
+        return await self._handle(request, self._do_ban_user)
+
+    async def _do_ban_user(self, request: Request, claims: dict[str, Any]) -> Response:
+        if request.path_params["app_id"] != claims["sub"]:
+            raise SimError(403, "FORBIDDEN", "appId differs from the token sub")
+        user_id = request.path_params["user_id"]
+        with self._lock:
+            self.banned_users.add(user_id)
+            for members in self.conferences.values():
+                members.discard(user_id)
+        return Response(status_code=200)
+
+    async def _ban_jwt(self, request: Request) -> Response:
+        return await self._handle(request, self._do_ban_jwt)
+
+    async def _do_ban_jwt(self, request: Request, claims: dict[str, Any]) -> Response:
+        if request.path_params["app_id"] != claims["sub"]:
+            raise SimError(403, "FORBIDDEN", "appId differs from the token sub")
+        body = await self._json(request)
+        token = body.get("jwt")
+        if not isinstance(token, str) or token.count(".") != 2:
+            raise SimError(400, "BAD_REQUEST", "jwt required")
+        with self._lock:
+            self.banned_jwts.add(token)
+        return Response(status_code=200)
