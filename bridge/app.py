@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bridge.config import Settings
 from bridge.errors import ApiError, error_response
-from bridge.intake import receive
+from bridge.intake import AcceptBatcher, receive
 from bridge.store import ACCEPT_SCRIPT, WORKER_QUEUE, health_check_key, redis_client
 
 log = structlog.get_logger("bridge.web")
@@ -60,7 +60,8 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client = redis or redis_client(settings.redis_url or "redis://127.0.0.1:6379")
         state["redis"] = client
-        state["accept_script"] = client.register_script(ACCEPT_SCRIPT)
+        state["batcher"] = AcceptBatcher(client, client.register_script(ACCEPT_SCRIPT),
+                                         settings.dedupe_window_s * 1000)
         try:
             yield
         finally:
@@ -69,7 +70,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
 
     async def events(request: Request) -> Response:
         try:
-            outcome = await receive(request, settings, state["redis"], state["accept_script"])
+            outcome = await receive(request, settings, state["redis"], state["batcher"])
         except ApiError as exc:
             structlog.contextvars.bind_contextvars(error=exc.code)
             return exc.response()

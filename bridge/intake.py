@@ -29,6 +29,7 @@ log = structlog.get_logger("bridge.intake")
 RETRY_AFTER_S = "5"
 MAX_WAIT_S = 10
 FINAL = ("ok", "failed")
+MAX_GROUP = 256          # requests per grouped accept call (each holds at most max_batch events)
 
 
 @dataclass
@@ -124,8 +125,50 @@ def _parse_events(source: SourceConfig, items: list[Any], batch: bool, providers
     return parsed
 
 
-async def accept(redis: Redis, script: AsyncScript, settings: Settings, source: SourceConfig,
-                 parsed: list[Parsed]) -> Outcome:
+class AcceptBatcher:
+    """Group commit: requests that arrive while an accept call is in flight share the next call.
+
+    Each call is still one atomic script run, so every request stays all-or-nothing and duplicates
+    across requests are still caught; the Redis round trip and client overhead are paid once per
+    group instead of once per request.
+    """
+
+    def __init__(self, redis: Redis, script: AsyncScript, dedupe_ttl_ms: int) -> None:
+        self.redis, self.script, self.dedupe_ttl_ms = redis, script, dedupe_ttl_ms
+        self.waiting: list[tuple[list[EventRecord], asyncio.Future[list[Any]]]] = []
+        self.flushing = False
+
+    async def submit(self, records: list[EventRecord]) -> list[Any]:
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self.waiting.append((records, future))
+        if not self.flushing:
+            self.flushing = True
+            asyncio.get_running_loop().create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            while self.waiting:
+                group, self.waiting = self.waiting[:MAX_GROUP], self.waiting[MAX_GROUP:]
+                records = [record for batch, _ in group for record in batch]
+                keys, args = accept_call(records, self.dedupe_ttl_ms, int(time.time() * 1000))
+                try:
+                    result = await self.script(keys=keys, args=args, client=self.redis)
+                except RedisError as exc:
+                    for _, future in group:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                offset = 0
+                for batch, future in group:
+                    if not future.done():
+                        future.set_result(result[offset:offset + 2 * len(batch)])
+                    offset += 2 * len(batch)
+        finally:
+            self.flushing = False
+
+
+async def accept(batcher: AcceptBatcher, source: SourceConfig, parsed: list[Parsed]) -> Outcome:
     outcome = Outcome()
     received_at = iso(datetime.now(UTC))
     records: list[EventRecord] = []
@@ -139,9 +182,8 @@ async def accept(redis: Redis, script: AsyncScript, settings: Settings, source: 
         outcome.jobs[jobs[0].envelope["ref"]] = [job.function for job in jobs]
     if not records:
         return outcome
-    keys, args = accept_call(records, settings.dedupe_window_s * 1000, int(time.time() * 1000))
     try:
-        result = await script(keys=keys, args=args, client=redis)
+        result = await batcher.submit(records)
     except RedisError as exc:
         log.warning("event.store_unavailable", source=source.name, error=type(exc).__name__)
         raise ApiError(503, "store_unavailable", "the event store is unreachable; retry later",
@@ -153,6 +195,8 @@ async def accept(redis: Redis, script: AsyncScript, settings: Settings, source: 
 
 
 def wait_seconds(request: Request) -> float:
+    if not request.scope.get("query_string"):
+        return 0.0
     raw = request.query_params.get("wait")
     if raw is None:
         return 0.0
@@ -186,7 +230,7 @@ async def wait_for_webhooks(redis: Redis, outcome: Outcome, seconds: float) -> l
         pause = min(pause * 2, 0.1)
 
 
-async def receive(request: Request, settings: Settings, redis: Redis, script: AsyncScript) -> Outcome:
+async def receive(request: Request, settings: Settings, redis: Redis, batcher: AcceptBatcher) -> Outcome:
     name = request.path_params["source"]
     source = settings.sources.get(name)
     if source is None:
@@ -204,7 +248,7 @@ async def receive(request: Request, settings: Settings, redis: Redis, script: As
         _check_body_token(source, items)
     parsed = _parse_events(source, items, batch, settings.providers)
     wait = wait_seconds(request)
-    outcome = await accept(redis, script, settings, source, parsed)
+    outcome = await accept(batcher, source, parsed)
     structlog.contextvars.bind_contextvars(event_ids=[p.event_id for p in parsed])
     if wait and outcome.jobs:
         try:

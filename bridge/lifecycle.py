@@ -21,9 +21,6 @@ from bridge.sources.canonical import iso
 from bridge.store import lesson_key, lesson_lock_key, teachers_key
 from bridge.webhooks import emit
 
-LOCK_TIMEOUT_S = 60
-LOCK_WAIT_S = 30
-
 
 @dataclass
 class Runtime:
@@ -93,8 +90,10 @@ async def ensure_room(job: Job) -> tuple[Room, bool]:
     existing = _room_from(await redis.hget(job.lesson_key, "room"))
     if existing:
         return existing, False
-    lock = redis.lock(lesson_lock_key(job.source.name, job.event["lesson"]["id"]), timeout=LOCK_TIMEOUT_S,
-                      blocking_timeout=LOCK_WAIT_S)
+    # A lock left by a killed worker must expire before the job that waits for it times out.
+    job_timeout = job.rt.settings.job_timeout_s
+    lock = redis.lock(lesson_lock_key(job.source.name, job.event["lesson"]["id"]), timeout=job_timeout,
+                      blocking_timeout=job_timeout / 2)
     async with lock:
         existing = _room_from(await redis.hget(job.lesson_key, "room"))
         if existing:

@@ -14,14 +14,17 @@ SECRET_KEYS = re.compile(r"(token|secret|password|private_key|authorization|sign
 REDACTED = "[redacted]"
 
 
-def _scrub(value: Any, depth: int = 0) -> Any:
-    if depth > 4:
-        return value
-    if isinstance(value, dict):
-        return {k: REDACTED if SECRET_KEYS.search(str(k)) else _scrub(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_scrub(v, depth + 1) for v in value]
-    return value
+def _scrub(mapping: dict[str, Any], depth: int = 0) -> dict[str, Any]:
+    """Redact values under secret-looking keys, in nested dicts too (cheap: runs on every line)."""
+    clean = {}
+    for key, value in mapping.items():
+        if SECRET_KEYS.search(key):
+            clean[key] = REDACTED
+        elif isinstance(value, dict) and depth < 4:
+            clean[key] = _scrub(value, depth + 1)
+        else:
+            clean[key] = value
+    return clean
 
 
 def scrub_secrets(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:

@@ -76,7 +76,9 @@ def health_check_key(queue: str) -> str:
     return f"{queue}:health-check"
 
 
-ACCEPT_SCRIPT = """
+# The shebang makes Redis 7+ refuse the whole script up front when out of memory, instead of
+# failing at a write half way through (scripts are not rolled back).
+ACCEPT_SCRIPT = """#!lua
 -- KEYS: [1] event log; per event: seen key, then per job: job key, result key, queue key
 -- ARGV: [1] dedupe ttl ms, [2] event count; per event: id, source, received_at, raw, canonical, jobs json,
 --       job count, then per job: job id, payload, score, expires ms

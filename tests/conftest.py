@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from bridge.app import create_app
 from bridge.config import load_settings
 from bridge.embedded import EmbeddedRedis
+from bridge.processes import free_port, wait_for_port
 from bridge.store import WORKER_QUEUE, health_check_key
 from tests.fakes.receiver import Receiver
 from tests.fakes.server import serve
@@ -102,6 +103,18 @@ class Bridge:
                                    stderr=subprocess.STDOUT, cwd=self.tmp_path)
         self.workers.append(process)
         return process
+
+    def start_web(self) -> str:
+        """A real `bridge serve` process (the in-thread app is for everything else); returns its URL."""
+        port = free_port()
+        log = open(self.tmp_path / "web.log", "wb")
+        process = subprocess.Popen([sys.executable, "-m", "bridge.cli", "serve", "--host", "127.0.0.1"],
+                                   env={**self.env(), "PORT": str(port)}, stdout=log, stderr=subprocess.STDOUT,
+                                   cwd=self.tmp_path)
+        self.workers.append(process)
+        if not wait_for_port(port, 20):
+            raise AssertionError("bridge serve did not start")
+        return f"http://127.0.0.1:{port}"
 
     def stop_all(self) -> None:
         for process in self.workers:

@@ -6,6 +6,7 @@ and turns provider errors into either an arq retry or an `event.failed` webhook.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -54,7 +55,11 @@ def event_job(function: str) -> Callable[[dict[str, Any], dict[str, Any]], Await
             if source is None:
                 raise ProviderError("unknown_source", f"source {envelope['source']!r} is no longer configured",
                                     retryable=False)
-            await handler(Job(rt, source, ref, event, envelope.get("replay_of")))
+            # Our own deadline, inside arq's: a job that overruns is retried, not silently dropped by arq.
+            async with asyncio.timeout(max(1.0, rt.settings.job_timeout_s - 1)):
+                await handler(Job(rt, source, ref, event, envelope.get("replay_of")))
+        except TimeoutError:
+            error = ProviderError("job_timeout", f"{function} did not finish in time", retryable=True)
         except ProviderError as exc:
             error = exc
         except LockError:

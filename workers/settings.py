@@ -14,7 +14,6 @@ from bridge.routing import JOBS_BY_TYPE
 from bridge.store import RECORDER_QUEUE, WORKER_QUEUE, arq_redis_settings
 from workers.jobs import deliver_webhook, event_job
 
-SHORT_JOB_TIMEOUT_S = 120
 DRAIN_S = 20                 # on SIGTERM, in-flight jobs get this long; platforms kill at 30 s
 HEALTH_CHECK_S = 10
 
@@ -50,7 +49,7 @@ def worker_settings(settings: Settings, queue: str = WORKER_QUEUE) -> dict[str, 
         "on_startup": startup,
         "on_shutdown": shutdown,
         "max_jobs": 60 if recorder else 50,
-        "job_timeout": settings.recording_max_duration_s + 120 if recorder else SHORT_JOB_TIMEOUT_S,
+        "job_timeout": settings.recording_max_duration_s + 120 if recorder else settings.job_timeout_s,
         "keep_result": 3600,
         "max_tries": 8,
         "health_check_interval": HEALTH_CHECK_S,

@@ -1,0 +1,113 @@
+"""Intake throughput and latency: the bridge's accept path against a bare JSON-parsing endpoint.
+
+Both servers run as one uvicorn process each (httptools, uvloop), one after the other on this
+machine, driven by the same load generator in a separate process. The bridge writes to a real
+Redis-protocol server (embedded valkey/redis, AOF everysec) — that is the work being measured.
+
+Run: make bench-ingest   (or .venv/bin/python bench/ingest.py --seconds 10)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bridge.embedded import EmbeddedRedis  # noqa: E402
+from bridge.processes import die_with_parent, free_port, wait_for_port  # noqa: E402
+
+BARE_APP = """
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+import json
+
+async def events(request):
+    json.loads(await request.body())
+    return JSONResponse({"accepted": []}, status_code=202)
+
+app = Starlette(routes=[Route("/v1/events/{source}", events, methods=["POST"])])
+"""
+
+
+def start(command: list[str], env: dict[str, str], port: int, cwd: Path) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               preexec_fn=die_with_parent)
+    if not wait_for_port(port, 30):
+        process.kill()
+        raise SystemExit(f"server did not start: {command}")
+    return process
+
+
+def load(url: str, connections: int, seconds: float, rate: float | None = None) -> dict:
+    command = [sys.executable, str(ROOT / "bench" / "loadgen.py"), url, "--connections", str(connections),
+               "--seconds", str(seconds)]
+    if rate:
+        command += ["--rate", str(rate)]
+    output = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=True)
+    return json.loads(output.stdout)
+
+
+def measure(name: str, url: str, args: argparse.Namespace) -> dict:
+    load(url, args.connections, 1.0)                                   # warm up
+    closed = load(url, args.connections, args.seconds)
+    paced = load(url, args.connections, args.seconds, rate=args.rate)
+    return {"name": name, "closed": closed, "paced": paced}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--rate", type=float, default=1000, help="open-loop rate for the latency run")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    redis = EmbeddedRedis(work / "redis").start()
+    (work / "bare_app.py").write_text(BARE_APP)
+    env = {**os.environ, "REDIS_URL": redis.url, "PYTHONPATH": f"{ROOT}:{work}", "BRIDGE_LOG_LEVEL": "WARNING"}
+    env.pop("BRIDGE_CONFIG", None)
+    results = []
+    try:
+        port = free_port()
+        bare = start([sys.executable, "-m", "uvicorn", "bare_app:app", "--port", str(port), "--log-level",
+                      "warning", "--no-access-log"], env, port, work)
+        results.append(measure("bare Starlette (parse JSON only)", f"http://127.0.0.1:{port}/v1/events/default",
+                               args))
+        bare.terminate()
+        bare.wait(timeout=10)
+
+        port = free_port()
+        bridge = start([sys.executable, "-m", "bridge.cli", "serve", "--host", "127.0.0.1"],
+                       {**env, "PORT": str(port)}, port, work)
+        results.append(measure("bridge (auth, validate, dedupe + log + enqueue)",
+                               f"http://127.0.0.1:{port}/v1/events/default", args))
+        bridge.terminate()
+        bridge.wait(timeout=30)
+    finally:
+        redis.stop()
+
+    baseline, bridge_result = results
+    print(f"\nIntake, {args.connections} connections, {args.seconds:.0f} s per run, 1 server process each\n")
+    print(f"| server | events/s (closed loop) | p50 ms | p99 ms | p50 ms @ {args.rate:.0f}/s | "
+          f"p99 ms @ {args.rate:.0f}/s | non-2xx |")
+    print("|---|---|---|---|---|---|---|")
+    for result in results:
+        closed, paced = result["closed"], result["paced"]
+        errors = sum(v for k, v in {**closed["statuses"], **paced["statuses"]}.items() if int(k) >= 300)
+        print(f"| {result['name']} | {closed['per_s']:.0f} | {closed['p50_ms']:.2f} | {closed['p99_ms']:.2f} | "
+              f"{paced['p50_ms']:.2f} | {paced['p99_ms']:.2f} | {errors} |")
+    ratio = bridge_result["closed"]["per_s"] / baseline["closed"]["per_s"]
+    print(f"\nratio bridge / bare = {ratio:.2f}  (target >= 0.6); "
+          f"bridge p99 at {args.rate:.0f}/s = {bridge_result['paced']['p99_ms']:.2f} ms (target <= 10 ms)")
+
+
+if __name__ == "__main__":
+    main()
