@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import structlog
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
@@ -94,8 +95,8 @@ def _check_body_token(source: SourceConfig, items: list[Any]) -> None:
 
 def _parse_items(source: SourceConfig, body: bytes, max_batch: int) -> tuple[list[Any], bool]:
     try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
     if isinstance(document, list):
         if not document:

@@ -7,6 +7,7 @@ import re
 import sys
 from typing import Any
 
+import orjson
 import structlog
 
 SECRET_KEYS = re.compile(r"(token|secret|password|private_key|authorization|signature|api_key|app_secret|jwt)",
@@ -39,10 +40,10 @@ def configure(level: str = "INFO") -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             scrub_secrets,
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            structlog.processors.JSONRenderer(serializer=orjson.dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stdout),
+        logger_factory=structlog.BytesLoggerFactory(file=sys.stdout.buffer),
         cache_logger_on_first_use=True,
     )
     # arq and uvicorn log through the standard library: one JSON-free line each is fine, on stderr.

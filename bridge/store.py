@@ -6,12 +6,12 @@ so that the dedupe check, the event-log append and the enqueue are one atomic ro
 
 from __future__ import annotations
 
-import json
 import pickle
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlparse
 
+import orjson
 import redis.asyncio as aioredis
 from arq.connections import RedisSettings
 from arq.constants import job_key_prefix, result_key_prefix
@@ -70,6 +70,16 @@ def endpoint_disabled_key(source: str) -> str:
 DEAD_LETTERS = f"{PREFIX}dead"                          # sorted set: webhook id → time it died
 FAILED_DELIVERIES = f"{PREFIX}failing"                  # sorted set: webhook id → time of last failure
 
+# Metrics (bridge/metrics.py): every process adds to these; GET /metrics on web renders them.
+# Hash fields are JSON arrays of label values; counters never expire (Prometheus counters are monotonic).
+METRICS_EVENTS = f"{PREFIX}metrics:events"              # hash [source, outcome] → events
+METRICS_REJECTED = f"{PREFIX}metrics:rejected"          # hash [source, reason] → refused requests
+METRICS_JOBS = f"{PREFIX}metrics:jobs"                  # hash [function, status] → job runs
+METRICS_JOB_BUCKETS = f"{PREFIX}metrics:job-seconds"    # hash [function, le] → runs in that bucket only
+METRICS_JOB_SUM = f"{PREFIX}metrics:job-seconds-sum"    # hash [function] → total seconds (float)
+METRICS_ATTEMPTS = f"{PREFIX}metrics:webhook-attempts"  # hash [status] → outbound delivery attempts
+ACTIVE_RECORDINGS = f"{PREFIX}recordings:active"        # sorted set: recording id → time it started
+
 
 def health_check_key(queue: str) -> str:
     """arq refreshes `<queue>:health-check` every health_check_interval with a short TTL."""
@@ -117,8 +127,7 @@ return out
 """
 
 
-@dataclass(frozen=True)
-class JobSpec:
+class JobSpec(NamedTuple):   # a NamedTuple: built several times per request on the accept path
     queue: str
     function: str
     job_id: str
@@ -146,8 +155,8 @@ def accept_call(events: list[EventRecord], dedupe_ttl_ms: int, now_ms: int) -> t
     args: list[Any] = [dedupe_ttl_ms, len(events)]
     for record in events:
         keys.append(seen_key(record.source, record.event_id))
-        args += [record.event_id, record.source, record.received_at, json.dumps(record.raw),
-                 json.dumps(record.canonical), json.dumps([j.job_id for j in record.jobs]), len(record.jobs)]
+        args += [record.event_id, record.source, record.received_at, orjson.dumps(record.raw),
+                 orjson.dumps(record.canonical), orjson.dumps([j.job_id for j in record.jobs]), len(record.jobs)]
         for job in record.jobs:
             keys += [job_key_prefix + job.job_id, result_key_prefix + job.job_id, job.queue]
             args += [job.job_id, arq_payload(job, now_ms), now_ms, JOB_EXPIRES_MS]

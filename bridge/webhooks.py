@@ -120,6 +120,7 @@ class AttemptResult:
     status: int | None          # None: no HTTP answer (connection error, timeout, refused destination)
     error: str | None
     retry_after: float | None
+    permanent: bool = False     # retrying cannot help (the destination is refused by the SSRF guard)
 
 
 def next_delay(schedule: tuple[float, ...], attempt: int, retry_after: float | None) -> float | None:
@@ -159,7 +160,7 @@ async def attempt(http: httpx.AsyncClient, settings: Settings, source: SourceCon
         response = await http.post(source.webhook_url, content=payload, headers=headers,
                                    timeout=settings.webhook_timeout_s, follow_redirects=False)
     except UnsafeDestination as exc:
-        return AttemptResult(None, f"refused: {exc}", None), "", time.perf_counter() - started
+        return AttemptResult(None, f"refused: {exc}", None, permanent=True), "", time.perf_counter() - started
     except httpx.HTTPError as exc:
         return AttemptResult(None, type(exc).__name__, None), "", time.perf_counter() - started
     answer = response.text[:ANSWER_LOG_BYTES]
@@ -208,7 +209,7 @@ async def deliver(redis: ArqRedis, http: httpx.AsyncClient, settings: Settings, 
         await redis.zadd(FAILED_DELIVERIES, {msg_id: time.time()})
         log.warning("webhook.endpoint_disabled", source=source.name, webhook_id=msg_id)
         return "disabled"
-    delay = next_delay(settings.webhook_retry_schedule, number, result.retry_after)
+    delay = None if result.permanent else next_delay(settings.webhook_retry_schedule, number, result.retry_after)
     if delay is None:
         await redis.hset(delivery_key(msg_id), "status", "dead")
         await redis.zadd(DEAD_LETTERS, {msg_id: time.time()})

@@ -96,7 +96,7 @@ async def test_secrets_never_reach_the_logs(make_bridge, client, redis, receiver
     bridge.stop_all()
     logs = bridge.logs()
     join_tokens = [d["data"]["token"] for d in hook.of_type("join.ready")]
-    assert '"event": "request"' in logs and '"event": "job"' in logs and '"event_id"' in logs
+    assert '"event":"request"' in logs and '"event":"job"' in logs and '"event_id"' in logs
     for secret in [MOODLE_TOKEN, "wrong-token-x", WEBHOOK_SECRET, WEBHOOK_SECRET.removeprefix("whsec_"),
                    *join_tokens]:
         assert secret not in logs

@@ -28,8 +28,9 @@ MAX_TRIES = 8
 RUNS_TTL_S = 30 * 24 * 3600
 
 
-def retry_delay(job_try: int, retry_after: float | None) -> float:
-    return max(retry_after or 0.0, min(2.0 ** (job_try - 1), 300.0))
+def retry_delay(base_s: float, job_try: int, retry_after: float | None) -> float:
+    """Exponential backoff from `base_s`, capped at 5 minutes; a provider's Retry-After wins if longer."""
+    return max(retry_after or 0.0, min(base_s * 2.0 ** (job_try - 1), 300.0))
 
 
 async def _record(rt: Runtime, ref: str, function: str, outcome: dict[str, Any]) -> None:
@@ -75,7 +76,7 @@ def event_job(function: str) -> Callable[[dict[str, Any], dict[str, Any]], Await
                 outcome["status"] = "retrying"
                 await _record(rt, ref, function, outcome)
                 log.warning("job.retry", code=error.code, ms=ms)
-                raise Retry(defer=retry_delay(job_try, error.retry_after))
+                raise Retry(defer=retry_delay(rt.settings.job_retry_base_s, job_try, error.retry_after))
             if source is not None:
                 await Job(rt, source, ref, event, envelope.get("replay_of")).emit(
                     "event.failed", {"job": function, "error": outcome["error"]}, discriminator=function)
