@@ -120,14 +120,14 @@ def event(n: int, run: str) -> dict:
             "user": {"id": str(n), "name": f"Student {n}", "role": "student"}}
 
 
-async def throughput(http: httpx.AsyncClient, url: str, receiver: Receiver, events: int) -> float:
+async def throughput(http: httpx.AsyncClient, url: str, receiver: Receiver, events: int, run: str) -> float:
     receiver.arrived.clear()
     receiver.event.clear()
     receiver.expected = events
     started = time.perf_counter()
     batch = 100
     for first in range(0, events, batch):
-        answer = await http.post(url, json=[event(n, "tp") for n in range(first, min(events, first + batch))])
+        answer = await http.post(url, json=[event(n, run) for n in range(first, min(events, first + batch))])
         answer.raise_for_status()
     await asyncio.wait_for(receiver.event.wait(), timeout=300)
     return events / (time.perf_counter() - started)
@@ -188,8 +188,8 @@ allow_private_network = true
         await wait_worker(redis)
         url = f"http://127.0.0.1:{port}/v1/events/default"
         async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=20)) as http:
-            await throughput(http, url, receiver, 200)                     # warm up
-            events_per_s = await throughput(http, url, receiver, args.events)
+            await throughput(http, url, receiver, 200, "warmup")
+            events_per_s = await throughput(http, url, receiver, args.events, "throughput")
             delays = await latency(http, url, receiver, args.rate, args.seconds)
     finally:
         for process in (web, worker):

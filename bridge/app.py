@@ -17,6 +17,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bridge import metrics, openapi
+from bridge.admin import admin_routes
 from bridge.config import Settings
 from bridge.errors import ApiError, error_response
 from bridge.intake import AcceptBatcher, receive
@@ -62,9 +64,11 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
         state["redis"] = client
         state["batcher"] = AcceptBatcher(client, client.register_script(ACCEPT_SCRIPT),
                                          settings.dedupe_window_s * 1000)
+        state["metrics"] = metrics.IntakeMetrics(client, settings.sources).start()
         try:
             yield
         finally:
+            await state["metrics"].stop()        # the last second's intake counts reach Redis
             if redis is None:
                 await client.aclose()
 
@@ -73,7 +77,9 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
             outcome = await receive(request, settings, state["redis"], state["batcher"])
         except ApiError as exc:
             structlog.contextvars.bind_contextvars(error=exc.code)
+            state["metrics"].rejected(request.path_params["source"], exc.code)
             return exc.response()
+        state["metrics"].intake(request.path_params["source"], outcome)   # in memory; flushed every second
         return JSONResponse(outcome.body(), status_code=outcome.status)
 
     async def healthz(request: Request) -> Response:
@@ -101,7 +107,10 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
         Route("/v1/events/{source}", events, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics.endpoint, methods=["GET"]),
+        Route("/openapi.json", openapi.endpoint(settings), methods=["GET"]),
     ]
+    routes += admin_routes(settings)      # /v1/admin/: 404 everywhere unless BRIDGE_ADMIN_TOKEN is set
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.add_middleware(AccessLog)
     app.state.bridge = state

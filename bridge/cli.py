@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import subprocess
@@ -51,8 +52,17 @@ def web_app() -> object:
     return create_app(_settings())
 
 
+def _exit_cleanly(signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
+    # uvicorn stops gracefully on SIGTERM/SIGINT, then raises the signal again for the handler it found:
+    # with the default one the process died by SIGTERM (exit 143) before `finally` could stop an embedded
+    # Redis cleanly. This one exits 0 through `finally`, and also covers a signal before uvicorn starts.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_cleanly)
     _, embedded = _ensure_redis(_settings())
     port = int(os.environ.get("PORT", args.port))
     try:
@@ -65,10 +75,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def _run_worker(queue: str) -> None:
+    import uvloop
     from arq.worker import Worker
 
     from workers.settings import worker_settings
     logs.configure()
+    # uvloop's C transports make each socket write (a Redis command, a webhook POST) far cheaper.
+    asyncio.set_event_loop(uvloop.new_event_loop())
     settings, embedded = _ensure_redis(_settings())
     try:
         Worker(**worker_settings(settings, queue)).run()
@@ -122,6 +135,18 @@ def cmd_dev(args: argparse.Namespace) -> None:
         embedded.stop()
 
 
+def cmd_operator(args: argparse.Namespace) -> None:
+    """replay, export, events show, deliveries, endpoints, trim: see bridge/operator.py."""
+    from bridge import operator
+    settings, embedded = _ensure_redis(_settings())
+    try:
+        code = operator.run(args, settings)
+    finally:
+        if embedded:
+            embedded.stop()
+    raise SystemExit(code)
+
+
 def _banner(settings: Settings, port: int, source: str) -> str:
     example = ('{"id": "evt_demo_1", "type": "user.joined", '
                '"lesson": {"id": "demo-lesson", "title": "Demo"}, '
@@ -149,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     serve.set_defaults(run=cmd_serve)
     commands.add_parser("worker", help="the worker process (short jobs)").set_defaults(run=cmd_worker)
     commands.add_parser("recorder", help="the recorder process (FFmpeg)").set_defaults(run=cmd_recorder)
+    from bridge.operator import add_commands
+    add_commands(commands, cmd_operator)      # replay, export, events, deliveries, endpoints, trim
     args = parser.parse_args(argv)
     args.run(args)
 

@@ -208,6 +208,13 @@ def _settings_from(raw: Mapping[str, Any], env: Mapping[str, str], origin: str) 
     if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(origin, "REDIS_URL" if env.get("REDIS_URL") else "redis.url",
                           "must start with redis://, rediss:// or unix://")
+    # Managed add-ons (Heroku Redis) hand out rediss:// URLs with self-signed certificates and no way to
+    # edit the URL: REDIS_SSL_CERT_REQS=none (or [redis] ssl_cert_reqs) adds what store.py reads from it.
+    cert_reqs = env.get("REDIS_SSL_CERT_REQS") or redis.get("ssl_cert_reqs", str)
+    if cert_reqs not in (None, "", "none", "required"):
+        raise ConfigError(origin, "REDIS_SSL_CERT_REQS", "must be none or required")
+    if cert_reqs and redis_url and redis_url.startswith("rediss://") and "ssl_cert_reqs=" not in redis_url:
+        redis_url += ("&" if "?" in redis_url else "?") + f"ssl_cert_reqs={cert_reqs}"
     return Settings(
         sources=sources,
         providers=providers,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -19,7 +19,7 @@ from bridge.config import Settings, SourceConfig
 from bridge.providers.base import Capability, Lesson, Provider, ProviderError, Room, User
 from bridge.sources.canonical import iso
 from bridge.store import lesson_key, lesson_lock_key, teachers_key
-from bridge.webhooks import emit
+from bridge.webhooks import Outbound, emit
 
 
 @dataclass
@@ -39,6 +39,8 @@ class Job:
     ref: str
     event: dict[str, Any]
     replay_of: str | None
+    pending: list[Outbound] = field(default_factory=list)   # webhooks whose first attempt is ours to make
+    _state: dict[str, str] | None = None
 
     @property
     def lesson(self) -> Lesson:
@@ -50,9 +52,27 @@ class Job:
     def lesson_key(self) -> str:
         return lesson_key(self.source.name, self.event["lesson"]["id"])
 
+    async def state(self, fresh: bool = False) -> dict[str, str]:
+        """The lesson's stored state (provider, room, status, recording), read once per job."""
+        if self._state is None or fresh:
+            raw = await self.rt.redis.hgetall(self.lesson_key)
+            self._state = {k.decode(): v.decode() for k, v in raw.items()}
+        return self._state
+
+    async def save(self, **fields: str) -> None:
+        await self.rt.redis.hset(self.lesson_key, mapping=fields)
+        (await self.state()).update(fields)
+
+    async def forget(self, *fields: str) -> None:
+        await self.rt.redis.hdel(self.lesson_key, *fields)
+        for name in fields:
+            (await self.state()).pop(name, None)
+
+    async def room(self) -> Room | None:
+        return _room_from((await self.state()).get("room"))
+
     async def provider_name(self) -> str:
-        stored = await self.rt.redis.hget(self.lesson_key, "provider")
-        return stored.decode() if stored else self.event["lesson"]["provider"]
+        return (await self.state()).get("provider") or self.event["lesson"]["provider"]
 
     async def provider(self) -> Provider:
         return self.rt.providers[await self.provider_name()]
@@ -66,14 +86,17 @@ class Job:
         if self.replay_of:
             data["replay_of"] = self.replay_of
         data.update(extra or {})
-        return await emit(self.rt.redis, self.source, self.ref, webhook_type, data, discriminator)
+        msg_id, outbound = await emit(self.rt.redis, self.source, self.ref, webhook_type, data, discriminator)
+        if outbound is not None:
+            self.pending.append(outbound)
+        return msg_id
 
 
 def _time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
-def _room_from(raw: bytes | None) -> Room | None:
+def _room_from(raw: str | None) -> Room | None:
     if not raw:
         return None
     data = json.loads(raw)
@@ -87,7 +110,7 @@ def _room_json(room: Room) -> str:
 async def ensure_room(job: Job) -> tuple[Room, bool]:
     """The lesson's room, created on first need. Returns (room, created_now)."""
     redis = job.rt.redis
-    existing = _room_from(await redis.hget(job.lesson_key, "room"))
+    existing = await job.room()
     if existing:
         return existing, False
     # A lock left by a killed worker must expire before the job that waits for it times out.
@@ -95,15 +118,13 @@ async def ensure_room(job: Job) -> tuple[Room, bool]:
     lock = redis.lock(lesson_lock_key(job.source.name, job.event["lesson"]["id"]), timeout=job_timeout,
                       blocking_timeout=job_timeout / 2)
     async with lock:
-        existing = _room_from(await redis.hget(job.lesson_key, "room"))
+        await job.state(fresh=True)          # another job may have created it while we waited
+        existing = await job.room()
         if existing:
             return existing, False
         provider = await job.provider()
         room = await provider.create_room(job.lesson)
-        await redis.hset(job.lesson_key, mapping={
-            "provider": provider.name, "room": _room_json(room), "status": "scheduled",
-            "title": job.lesson.title,
-        })
+        await job.save(provider=provider.name, room=_room_json(room), status="scheduled", title=job.lesson.title)
         return room, True
 
 
@@ -122,23 +143,23 @@ async def lesson_updated(job: Job) -> None:
         provider = await job.provider()
         if provider.supports(Capability.ROOMS):
             room = await provider.update_room(job.lesson, room)
-        await job.rt.redis.hset(job.lesson_key, mapping={"room": _room_json(room), "title": job.lesson.title})
+        await job.save(room=_room_json(room), title=job.lesson.title)
     await job.emit("room.updated", await _room_webhook_data(job, room))
 
 
 async def lesson_started(job: Job) -> None:
     room, _ = await ensure_room(job)
-    await job.rt.redis.hset(job.lesson_key, "status", "started")
+    await job.save(status="started")
     await job.emit("room.updated", {**await _room_webhook_data(job, room), "status": "started"})
 
 
 async def _close(job: Job, status: str, webhook_type: str, operation: Callable[[Provider, Lesson, Room],
                  Awaitable[None]]) -> None:
-    room = _room_from(await job.rt.redis.hget(job.lesson_key, "room"))
+    room = await job.room()
     provider = await job.provider()
     if room is not None:
         await operation(provider, job.lesson, room)
-    await job.rt.redis.hset(job.lesson_key, "status", status)
+    await job.save(status=status)
     await job.emit(webhook_type, {"room_id": room.id if room else None, "status": status})
 
 
@@ -147,7 +168,7 @@ async def lesson_cancelled(job: Job) -> None:
         if provider.supports(Capability.ROOMS):
             await provider.delete_room(lesson, room)
     await _close(job, "cancelled", "room.deleted", delete)
-    await job.rt.redis.hdel(job.lesson_key, "room")
+    await job.forget("room")
 
 
 async def lesson_ended(job: Job) -> None:
@@ -181,7 +202,7 @@ async def user_left(job: Job) -> None:
 
 
 async def _require_room(job: Job) -> Room:
-    room = _room_from(await job.rt.redis.hget(job.lesson_key, "room"))
+    room = await job.room()
     if room is None:
         raise ProviderError("no_room", f"lesson {job.event['lesson']['id']} has no room", retryable=False)
     return room
@@ -234,18 +255,17 @@ async def role_changed(job: Job) -> None:
 async def recording_start(job: Job) -> None:
     room, _ = await ensure_room(job)
     recording_id = await (await job.provider()).start_recording(job.lesson, room)
-    await job.rt.redis.hset(job.lesson_key, "recording", recording_id)
+    await job.save(recording=recording_id)
     await job.emit("recording.started", {"recording_id": recording_id})
 
 
 async def recording_stop(job: Job) -> None:
     room = await _require_room(job)
-    stored = await job.rt.redis.hget(job.lesson_key, "recording")
-    recording_id = job.event["data"].get("recording_id") or (stored.decode() if stored else None)
+    recording_id = job.event["data"].get("recording_id") or (await job.state()).get("recording")
     if not recording_id:
         raise ProviderError("no_recording", "the lesson has no active recording", retryable=False)
     await (await job.provider()).stop_recording(job.lesson, room, recording_id)
-    await job.rt.redis.hdel(job.lesson_key, "recording")
+    await job.forget("recording")
     await job.emit("recording.completed", {"recording_id": recording_id})
 
 

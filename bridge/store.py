@@ -33,6 +33,11 @@ def job_runs_key(ref: str) -> str:
     return f"{PREFIX}runs:{ref}"
 
 
+def replays_key(source: str, event_id: str) -> str:
+    """List of JSON {replay, entry, functions, at}: every replay of one event, oldest first."""
+    return f"{PREFIX}replays:{source}:{event_id}"
+
+
 def lesson_key(source: str, lesson_id: str) -> str:
     """Hash: provider, room (JSON), status, recording ids."""
     return f"{PREFIX}lesson:{source}:{lesson_id}"

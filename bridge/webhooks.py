@@ -2,7 +2,10 @@
 
 A webhook's id is derived from the event reference, its type and a discriminator, so a job that
 re-runs after a crash produces the same `webhook-id` and the first stored payload wins.
-Each attempt is its own arq job (`<webhook id>:<attempt>`), so a delivery survives any restart.
+The first attempt is made by the job that produced the webhook, right after it records its
+outcome (no queue hop: a join link reaches the LMS in milliseconds); if that job dies first, arq
+runs it again and the still-pending webhook is attempted then. Every retry is its own arq job
+(`<webhook id>:<attempt>`), so a delivery survives any restart.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import httpx
 import structlog
 from arq.connections import ArqRedis
 
+from bridge import metrics
 from bridge.config import Settings, SourceConfig
 from bridge.signing import sign
 from bridge.sources.canonical import iso
@@ -42,6 +46,8 @@ JITTER = 0.2
 RECORD_TTL_S = 30 * 24 * 3600
 
 # Stores the payload once (first writer wins) and appends its id to the event's produced list.
+# Returns {status, stored payload, endpoint disabled}: a re-run job learns whether its webhook still
+# needs sending, and sends the payload stored the first time.
 RECORD_SCRIPT = """
 if redis.call('HSETNX', KEYS[1], 'payload', ARGV[1]) == 1 then
   redis.call('HSET', KEYS[1], 'source', ARGV[2], 'type', ARGV[3], 'ref', ARGV[4], 'status', ARGV[5],
@@ -49,10 +55,20 @@ if redis.call('HSETNX', KEYS[1], 'payload', ARGV[1]) == 1 then
   redis.call('EXPIRE', KEYS[1], ARGV[7])
   redis.call('RPUSH', KEYS[2], ARGV[8])
   redis.call('EXPIRE', KEYS[2], ARGV[7])
-  return 1
 end
-return 0
+local stored = redis.call('HMGET', KEYS[1], 'status', 'payload')
+return {stored[1], stored[2], redis.call('EXISTS', KEYS[3])}
 """
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """A recorded webhook whose first attempt the producing job makes itself."""
+
+    msg_id: str
+    payload: bytes
+    ref: str
+    endpoint_disabled: bool
 
 
 def webhook_id(ref: str, webhook_type: str, discriminator: str = "") -> str:
@@ -69,18 +85,22 @@ def wants(source: SourceConfig, webhook_type: str) -> bool:
 
 
 async def emit(redis: ArqRedis, source: SourceConfig, ref: str, webhook_type: str, data: dict[str, Any],
-               discriminator: str = "") -> str:
-    """Record the webhook an event produced and enqueue its first delivery attempt. Safe to repeat."""
+               discriminator: str = "") -> tuple[str, Outbound | None]:
+    """Record the webhook an event produced. Safe to repeat.
+
+    Returns the webhook id and, while its first attempt is still to be made, what to send.
+    """
     msg_id = webhook_id(ref, webhook_type, discriminator)
     payload = json.dumps({"type": webhook_type, "timestamp": iso(datetime.now(UTC)), "data": data},
                          separators=(",", ":"))
     deliver = bool(source.webhook_url) and wants(source, webhook_type)
     status = "pending" if deliver else "not_sent"
-    await redis.eval(RECORD_SCRIPT, 2, delivery_key(msg_id), produced_key(ref), payload, source.name,
-                     webhook_type, ref, status, iso(datetime.now(UTC)), RECORD_TTL_S, msg_id)
-    if deliver:
-        await redis.enqueue_job("deliver_webhook", msg_id, 0, _job_id=f"{msg_id}:0", _queue_name=WORKER_QUEUE)
-    return msg_id
+    current, stored, disabled = await redis.eval(
+        RECORD_SCRIPT, 3, delivery_key(msg_id), produced_key(ref), endpoint_disabled_key(source.name), payload,
+        source.name, webhook_type, ref, status, iso(datetime.now(UTC)), RECORD_TTL_S, msg_id)
+    if current != b"pending":
+        return msg_id, None
+    return msg_id, Outbound(msg_id, stored, ref, bool(disabled))
 
 
 async def produced_payloads(redis: Any, ref: str) -> list[dict[str, Any]]:
@@ -170,8 +190,28 @@ async def attempt(http: httpx.AsyncClient, settings: Settings, source: SourceCon
     return result, answer, time.perf_counter() - started
 
 
+def _settle(pipe: Any, msg_id: str, status: str) -> None:
+    """Queue the commands that file a delivery under its new status (one transaction with the attempt)."""
+    now = time.time()
+    pipe.hset(delivery_key(msg_id), "status", status)
+    if status == "delivered":
+        pipe.zrem(FAILED_DELIVERIES, msg_id)
+    elif status == "dead":
+        pipe.zadd(DEAD_LETTERS, {msg_id: now})
+        pipe.zrem(FAILED_DELIVERIES, msg_id)
+    else:                                   # failed (a retry is scheduled) or disabled (endpoint gone)
+        pipe.zadd(FAILED_DELIVERIES, {msg_id: now})
+
+
+async def _settle_now(redis: ArqRedis, msg_id: str, status: str) -> str:
+    async with redis.pipeline(transaction=True) as pipe:
+        _settle(pipe, msg_id, status)
+        await pipe.execute()
+    return status
+
+
 async def deliver(redis: ArqRedis, http: httpx.AsyncClient, settings: Settings, msg_id: str, number: int) -> str:
-    """Make attempt `number` (0-based) of one delivery; schedule the next or dead-letter it."""
+    """Make attempt `number` (0-based) of one stored delivery; schedule the next or dead-letter it."""
     record = {k.decode(): v.decode() for k, v in (await redis.hgetall(delivery_key(msg_id))).items()}
     if not record:
         return "missing"
@@ -179,45 +219,43 @@ async def deliver(redis: ArqRedis, http: httpx.AsyncClient, settings: Settings, 
         return "delivered"
     source = settings.sources.get(record["source"])
     if source is None or not source.webhook_url:
-        await redis.hset(delivery_key(msg_id), "status", "dead")
-        await redis.zadd(DEAD_LETTERS, {msg_id: time.time()})
-        return "dead"
-    if await redis.exists(endpoint_disabled_key(source.name)):
-        await redis.hset(delivery_key(msg_id), mapping={"status": "disabled"})
-        await redis.zadd(FAILED_DELIVERIES, {msg_id: time.time()})
-        return "disabled"
+        return await _settle_now(redis, msg_id, "dead")
+    disabled = bool(await redis.exists(endpoint_disabled_key(source.name)))
+    outbound = Outbound(msg_id, record["payload"].encode(), record.get("ref", ""), disabled)
+    return await deliver_outbound(redis, http, settings, source, outbound, number)
 
-    result, answer, seconds = await attempt(http, settings, source, msg_id, record["payload"].encode())
+
+async def deliver_outbound(redis: ArqRedis, http: httpx.AsyncClient, settings: Settings, source: SourceConfig,
+                           outbound: Outbound, number: int) -> str:
+    """Attempt one delivery and file the outcome in one transaction; enqueue the retry if there is one."""
+    msg_id = outbound.msg_id
+    if outbound.endpoint_disabled:
+        return await _settle_now(redis, msg_id, "disabled")
+    result, answer, seconds = await attempt(http, settings, source, msg_id, outbound.payload)
     entry = {"at": iso(datetime.now(UTC)), "attempt": number, "status": result.status, "ms": round(seconds * 1000, 1),
              "error": result.error, "answer": answer}
+    delay = None
+    if result.error is None:
+        status = "delivered"
+    elif result.status == 410:
+        status = "disabled"
+    else:
+        delay = None if result.permanent else next_delay(settings.webhook_retry_schedule, number, result.retry_after)
+        status = "dead" if delay is None else "failed"
     async with redis.pipeline(transaction=True) as pipe:
         pipe.rpush(attempts_key(msg_id), json.dumps(entry))
         pipe.expire(attempts_key(msg_id), RECORD_TTL_S)
         pipe.hincrby(delivery_key(msg_id), "attempts", 1)
-        pipe.hset(delivery_key(msg_id), "last_status", str(result.status or result.error))
+        pipe.hset(delivery_key(msg_id), mapping={"last_status": str(result.status or result.error),
+                                                 "next_at": str(time.time() + delay) if delay is not None else ""})
+        metrics.add_attempt_command(pipe, result.status, result.error)
+        _settle(pipe, msg_id, status)
+        if status == "disabled":
+            pipe.set(endpoint_disabled_key(source.name), iso(datetime.now(UTC)))
         await pipe.execute()
-    log.info("webhook.attempt", webhook_id=msg_id, event_ref=record.get("ref"), attempt=number,
-             status=result.status, error=result.error, ms=entry["ms"])
-
-    if result.error is None:
-        await redis.hset(delivery_key(msg_id), "status", "delivered")
-        await redis.zrem(FAILED_DELIVERIES, msg_id)
-        return "delivered"
-    if result.status == 410:
-        await redis.set(endpoint_disabled_key(source.name), iso(datetime.now(UTC)))
-        await redis.hset(delivery_key(msg_id), "status", "disabled")
-        await redis.zadd(FAILED_DELIVERIES, {msg_id: time.time()})
-        log.warning("webhook.endpoint_disabled", source=source.name, webhook_id=msg_id)
-        return "disabled"
-    delay = None if result.permanent else next_delay(settings.webhook_retry_schedule, number, result.retry_after)
-    if delay is None:
-        await redis.hset(delivery_key(msg_id), "status", "dead")
-        await redis.zadd(DEAD_LETTERS, {msg_id: time.time()})
-        await redis.zrem(FAILED_DELIVERIES, msg_id)
-        log.warning("webhook.dead", webhook_id=msg_id, attempts=number + 1)
-        return "dead"
-    await redis.hset(delivery_key(msg_id), mapping={"status": "failed", "next_at": str(time.time() + delay)})
-    await redis.zadd(FAILED_DELIVERIES, {msg_id: time.time()})
-    await redis.enqueue_job("deliver_webhook", msg_id, number + 1, _job_id=f"{msg_id}:{number + 1}",
-                            _defer_by=delay, _queue_name=WORKER_QUEUE)
-    return "failed"
+    log.info("webhook.attempt", webhook_id=msg_id, event_ref=outbound.ref, attempt=number,
+             status=result.status, error=result.error, ms=entry["ms"], outcome=status)
+    if status == "failed":
+        await redis.enqueue_job("deliver_webhook", msg_id, number + 1, _job_id=f"{msg_id}:{number + 1}",
+                                _defer_by=delay, _queue_name=WORKER_QUEUE)
+    return status

@@ -17,11 +17,12 @@ import structlog
 from arq import Retry
 from redis.exceptions import LockError
 
+from bridge import metrics
 from bridge.lifecycle import HANDLERS, Job, Runtime
 from bridge.providers.base import ProviderError
 from bridge.sources.canonical import iso
 from bridge.store import job_runs_key
-from bridge.webhooks import deliver
+from bridge.webhooks import deliver, deliver_outbound
 
 log = structlog.get_logger("bridge.jobs")
 MAX_TRIES = 8
@@ -37,6 +38,7 @@ async def _record(rt: Runtime, ref: str, function: str, outcome: dict[str, Any])
     async with rt.redis.pipeline(transaction=True) as pipe:
         pipe.hset(job_runs_key(ref), function, json.dumps(outcome))
         pipe.expire(job_runs_key(ref), RUNS_TTL_S)
+        metrics.add_job_commands(pipe, function, outcome["status"], outcome["ms"] / 1000)   # same round trip
         await pipe.execute()
 
 
@@ -51,14 +53,15 @@ def event_job(function: str) -> Callable[[dict[str, Any], dict[str, Any]], Await
         structlog.contextvars.bind_contextvars(event_id=event["id"], ref=ref, job=function, job_try=job_try)
         started = time.perf_counter()
         source = rt.settings.sources.get(envelope["source"])
+        job = Job(rt, source, ref, event, envelope.get("replay_of")) if source else None
         error: ProviderError | None = None
         try:
-            if source is None:
+            if job is None:
                 raise ProviderError("unknown_source", f"source {envelope['source']!r} is no longer configured",
                                     retryable=False)
             # Our own deadline, inside arq's: a job that overruns is retried, not silently dropped by arq.
             async with asyncio.timeout(max(1.0, rt.settings.job_timeout_s - 1)):
-                await handler(Job(rt, source, ref, event, envelope.get("replay_of")))
+                await handler(job)
         except TimeoutError:
             error = ProviderError("job_timeout", f"{function} did not finish in time", retryable=True)
         except ProviderError as exc:
@@ -77,10 +80,13 @@ def event_job(function: str) -> Callable[[dict[str, Any], dict[str, Any]], Await
                 await _record(rt, ref, function, outcome)
                 log.warning("job.retry", code=error.code, ms=ms)
                 raise Retry(defer=retry_delay(rt.settings.job_retry_base_s, job_try, error.retry_after))
-            if source is not None:
-                await Job(rt, source, ref, event, envelope.get("replay_of")).emit(
-                    "event.failed", {"job": function, "error": outcome["error"]}, discriminator=function)
+            if job is not None:
+                await job.emit("event.failed", {"job": function, "error": outcome["error"]}, discriminator=function)
         await _record(rt, ref, function, outcome)
+        if job is not None and job.pending:
+            # After the outcome is recorded, so ?wait answers without waiting for the LMS endpoint.
+            await asyncio.gather(*(deliver_outbound(rt.redis, rt.http, rt.settings, job.source, outbound, 0)
+                                   for outbound in job.pending))
         log.info("job", status=outcome["status"], ms=ms, error=outcome.get("error"))
         return outcome["status"]
 
@@ -91,4 +97,7 @@ def event_job(function: str) -> Callable[[dict[str, Any], dict[str, Any]], Await
 async def deliver_webhook(ctx: dict[str, Any], webhook_id: str, attempt: int) -> str:
     rt: Runtime = ctx["bridge"]
     structlog.contextvars.clear_contextvars()
-    return await deliver(rt.redis, rt.http, rt.settings, webhook_id, attempt)
+    started = time.perf_counter()
+    status = await deliver(rt.redis, rt.http, rt.settings, webhook_id, attempt)
+    await metrics.observe_job(rt.redis, "deliver_webhook", status, time.perf_counter() - started)
+    return status

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+from arq import cron
 from arq.worker import Function, func
 
 from bridge.config import Settings
 from bridge.lifecycle import Runtime
 from bridge.providers import build_provider
+from bridge.replay import trim_job
 from bridge.routing import JOBS_BY_TYPE
 from bridge.store import RECORDER_QUEUE, WORKER_QUEUE, arq_redis_settings
 from workers.jobs import deliver_webhook, event_job
@@ -56,4 +58,8 @@ def worker_settings(settings: Settings, queue: str = WORKER_QUEUE) -> dict[str, 
         "job_completion_wait": DRAIN_S,
         "poll_delay": 0.05,
         "handle_signals": True,
+        # Event-log retention (bridge.replay.trim_event_log): every 15 minutes, once across all workers.
+        # No timeout of its own: arq's crash-recovery delay is the longest job timeout + 10 s.
+        "cron_jobs": [cron(trim_job, name="trim_event_log", minute={7, 22, 37, 52}, unique=True)]
+        if queue == WORKER_QUEUE else [],
     }

@@ -54,7 +54,10 @@ def _time(obj: dict[str, Any], key: str, path: str) -> str | None:
         raise InvalidEvent(f"{path}{key}", "must be an ISO 8601 time such as 2026-11-22T10:00:00Z") from None
     if parsed.tzinfo is None:
         raise InvalidEvent(f"{path}{key}", "must carry a time zone (Z or +hh:mm)")
-    return iso(parsed)
+    try:
+        return iso(parsed)
+    except OverflowError:        # 0001-01-01T00:00:00+01:00 is before the first moment a datetime holds
+        raise InvalidEvent(f"{path}{key}", "is out of range") from None
 
 
 def iso(moment: datetime) -> str:

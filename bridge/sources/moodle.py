@@ -38,6 +38,7 @@ DEFAULT_EVENT_MAP: dict[str, str] = {
 DEFAULT_CONFERENCE_MODULES = ("bigbluebuttonbn", "zoom", "jitsi")
 DEFAULT_TEACHER_ROLE_IDS = ("1", "3", "4")   # manager, editingteacher, teacher
 CONTEXT_MODULE = "70"
+MAX_UNIX_TIME = 253402300799     # 9999-12-31T23:59:59Z: the last second a datetime holds
 IDENTITY_FIELDS = ("host", "eventname", "objectid", "contextinstanceid", "userid", "relateduserid",
                    "timecreated")
 
@@ -77,9 +78,10 @@ def _check_shape(item: Any) -> dict[str, Any]:
     if not isinstance(name, str) or not name.strip():
         raise InvalidEvent("eventname", "is required (a Moodle event name such as \\core\\event\\user_loggedin)")
     time_created = item.get("timecreated")
-    if isinstance(time_created, str) and time_created.strip().isdigit():
+    if isinstance(time_created, str) and time_created.strip().isdecimal():   # isdigit() admits "²"
         time_created = int(time_created)
-    if time_created is not None and (not isinstance(time_created, int) or isinstance(time_created, bool)):
+    if time_created is not None and (not isinstance(time_created, int) or isinstance(time_created, bool)
+                                     or not 0 <= time_created <= MAX_UNIX_TIME):
         raise InvalidEvent("timecreated", "must be a Unix time in seconds")
     return item
 
@@ -121,7 +123,8 @@ def parse(source: SourceConfig, item: Any) -> Parsed:
     event["lesson"] = {
         "id": lesson_id,
         "title": str(other.get("name") or ""),
-        "starts_at": iso(datetime.fromtimestamp(int(start), UTC)) if str(start or "").isdigit() else None,
+        "starts_at": (iso(datetime.fromtimestamp(int(start), UTC))
+                      if str(start or "").isdecimal() and int(start) <= MAX_UNIX_TIME else None),
     }
     user_id = normalise_id(item.get("userid"))
     if user_id and user_id != "0":

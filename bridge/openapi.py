@@ -1,0 +1,528 @@
+"""The OpenAPI 3.1 document for the routes the web process really serves: GET /openapi.json.
+
+The document is built from the running configuration: besides the generic `/v1/events/{source}`
+operation, each configured source gets its own path with the body its format takes (Moodle or
+canonical) and the authentication it requires (a body `token` or Standard Webhooks headers), so a
+plugin author reads exactly what this deployment expects. tests/test_openapi.py runs a
+property-based check (schemathesis) of the real app against this document.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from importlib import metadata
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from bridge.config import Settings, SourceConfig
+from bridge.sources.canonical import EVENT_TYPES, MAX_ID_LENGTH
+
+Schema = dict[str, Any]
+
+OUTBOUND_TYPES = (
+    "room.created", "room.updated", "room.deleted", "room.ended", "join.ready", "participant.kicked",
+    "participant.banned", "recording.started", "recording.completed", "recording.failed", "call.dialing",
+    "call.hung_up", "event.failed",
+)
+USER_TYPES = ("user.joined", "user.left", "user.removed", "user.banned")
+CALL_TYPES = ("call.dial_out", "call.hang_up")
+MAX_TEXT = 1000
+SAFE_NAME = re.compile(r"[A-Za-z0-9._~-]+")
+MAX_UNIX_TIME = 253402300799          # 9999-12-31T23:59:59Z, the last second Python's datetime holds
+
+# Error codes each status carries (the contract's error body: {"error": {"code", "message", "details"}}).
+ERROR_CODES: dict[int, tuple[str, ...]] = {
+    400: ("invalid_json", "invalid_body", "empty_batch", "batch_too_large", "invalid_event", "invalid_wait"),
+    401: ("bad_token", "bad_signature"),
+    404: ("unknown_source", "not_found"),
+    413: ("body_too_large",),
+    415: ("unsupported_media_type",),
+    503: ("store_unavailable",),
+}
+ERROR_TEXT = {
+    400: "The body is not valid JSON, not an object or array, an empty or too large batch, an event that "
+         "fails validation (`details.path` names the field, `details.index` the batch item), or a bad `wait`.",
+    401: "Authentication failed: the body `token` is missing or wrong, or the Standard Webhooks signature "
+         "headers are missing, stale (5-minute tolerance) or do not match.",
+    404: "No source of that name is configured (`details.known` lists them).",
+    413: "The body is larger than the limit (`[bridge] max_body_bytes`, default 256 KiB); refused before "
+         "it is read whole.",
+    415: "The Content-Type is not `application/json` (or `application/*+json`).",
+    503: "Redis is unreachable: nothing was stored. Retry after `Retry-After` seconds.",
+}
+
+# ---------------------------------------------------------------------------- schemas
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+NON_EMPTY = {"type": "string", "pattern": r"\S", "maxLength": MAX_TEXT}
+TEXT = {"type": ["string", "null"], "maxLength": MAX_TEXT}
+TIME = {"type": ["string", "null"], "format": "date-time",
+        "description": "ISO 8601 with a time zone, e.g. `2026-11-22T10:00:00Z`."}
+ID = {"description": "A string, or an integer (normalised to its decimal string).",
+      "anyOf": [{"type": "string", "pattern": r"\S", "maxLength": MAX_ID_LENGTH},
+                {"type": "integer", "minimum": -(2**63), "maximum": 2**64 - 1}]}
+
+
+def _error_schema(status: int | None = None) -> Schema:
+    code: Schema = {"type": "string", "pattern": "^[a-z_]+$", "description": "Machine-readable error code."}
+    if status in ERROR_CODES:
+        code = {**code, "enum": list(ERROR_CODES[status])}
+    return {
+        "type": "object", "required": ["error"], "additionalProperties": False,
+        "properties": {"error": {
+            "type": "object", "required": ["code", "message", "details"], "additionalProperties": False,
+            "properties": {
+                "code": code,
+                "message": {"type": "string", "description": "Human-readable explanation."},
+                "details": {"description": "Structured details, or null."},
+            },
+        }},
+    }
+
+
+def canonical_event(providers: list[str] | None = None) -> Schema:
+    provider: Schema = {"type": ["string", "null"],
+                        "description": "A configured provider name; default: the source's provider."}
+    if providers:
+        provider["enum"] = [*providers, None]
+    return {
+        "type": "object",
+        "description": "A canonical event. Unknown properties are kept in the event log and otherwise ignored.",
+        "required": ["id", "type", "lesson"],
+        "properties": {
+            "id": {**ID, "description": "Unique per source: a repeat within the dedupe window is a duplicate."},
+            "type": {"type": "string", "enum": sorted(EVENT_TYPES)},
+            "occurred_at": {**TIME, "description": "When it happened (default: when received)."},
+            "lesson": {
+                "type": "object", "required": ["id"],
+                "properties": {
+                    "id": ID, "title": TEXT, "starts_at": TIME, "ends_at": TIME, "provider": provider,
+                    "record": {"type": "boolean", "default": False,
+                               "description": "Record the lesson when it starts (lesson.started)."},
+                },
+            },
+            "user": {
+                "type": ["object", "null"], "required": ["id"],
+                "properties": {
+                    "id": ID, "name": TEXT, "email": TEXT,
+                    "role": {**TEXT, "description": "teacher, moderator and admin are moderators; anything else "
+                                                    "(default student) is a guest."},
+                },
+            },
+            "data": {
+                "type": ["object", "null"],
+                "description": "Type-specific data: `phone` (call.*), `source_url` (recording.start), "
+                               "`recording_id` (recording.stop), `participant_id` (user.removed), `token`.",
+                "properties": {"phone": TEXT, "source_url": TEXT, "recording_id": TEXT, "participant_id": TEXT,
+                               "token": TEXT},
+            },
+        },
+        "allOf": [
+            {"if": {"required": ["type"], "properties": {"type": {"enum": list(USER_TYPES)}}},
+             "then": {"required": ["user"], "properties": {"user": {"type": "object"}}}},
+            {"if": {"required": ["type"], "properties": {"type": {"enum": list(CALL_TYPES)}}},
+             "then": {"required": ["data"],
+                      "properties": {"data": {"type": "object", "required": ["phone"],
+                                              "properties": {"phone": NON_EMPTY}}}}},
+        ],
+        "examples": [{"id": "evt_01", "type": "user.joined", "occurred_at": "2026-11-22T10:00:00Z",
+                      "lesson": {"id": "c12-l7", "title": "Algebra I"},
+                      "user": {"id": "42", "name": "Ada Lovelace", "email": "ada@example.edu", "role": "teacher"},
+                      "data": {}}],
+    }
+
+
+def moodle_event(token_required: bool) -> Schema:
+    moodle_id = {"type": ["string", "integer", "null"], "description": "Moodle sends ids as numbers or strings."}
+    schema: Schema = {
+        "type": "object",
+        "description": "A Moodle event as the local_webhooks plugin sends it. Known event names become "
+                       "canonical events; every other event is accepted and reported under `ignored`. "
+                       "The event id is a stable hash of host, eventname, objectid, contextinstanceid, userid, "
+                       "relateduserid and timecreated.",
+        "required": ["eventname", *(["token"] if token_required else [])],
+        "properties": {
+            "eventname": {"type": "string", "pattern": r"\S",
+                          "examples": ["\\mod_bigbluebuttonbn\\event\\meeting_joined"]},
+            "token": {"type": "string", "description": "The source's shared token (compared in constant time)."},
+            "component": TEXT, "action": TEXT, "target": TEXT, "objecttable": TEXT, "crud": TEXT,
+            "objectid": moodle_id, "contextid": moodle_id, "contextinstanceid": moodle_id, "userid": moodle_id,
+            "courseid": moodle_id, "relateduserid": moodle_id, "contextlevel": moodle_id, "edulevel": moodle_id,
+            "anonymous": moodle_id, "host": TEXT,
+            "timecreated": {
+                "description": "Unix time in seconds (a number, or a string of digits).",
+                "anyOf": [{"type": "integer", "minimum": 0, "maximum": MAX_UNIX_TIME},
+                          {"type": "string", "pattern": r"^\s*[0-9]{1,12}\s*$"}, {"type": "null"}],
+            },
+            "other": {"description": "Event-specific data (name, timestart, modulename, userishost...)."},
+            "extra": {},
+        },
+        "examples": [{
+            "eventname": "\\mod_bigbluebuttonbn\\event\\meeting_joined", "component": "mod_bigbluebuttonbn",
+            "action": "joined", "target": "meeting", "objecttable": "bigbluebuttonbn", "objectid": 9, "crud": "r",
+            "edulevel": 2, "contextid": 412, "contextlevel": 70, "contextinstanceid": 87, "userid": 31,
+            "courseid": 12, "relateduserid": None, "anonymous": 0, "other": None, "timecreated": 1763809200,
+            "host": "lms.example.edu", "token": "<the source's token>", "extra": ""}],
+    }
+    return schema
+
+
+def _batch(item: Schema, max_batch: int) -> Schema:
+    return {"type": "array", "minItems": 1, "maxItems": max_batch, "items": item,
+            "description": f"A batch: all-or-nothing, at most {max_batch} events."}
+
+
+WEBHOOK_PAYLOAD: Schema = {
+    "type": "object", "required": ["type", "timestamp", "data"],
+    "description": "An outbound webhook body (as delivered, Standard Webhooks signed).",
+    "properties": {
+        "type": {"type": "string", "enum": list(OUTBOUND_TYPES)},
+        "timestamp": {"type": "string", "format": "date-time"},
+        "data": {
+            "type": "object", "required": ["event_id", "source", "lesson_id", "provider"],
+            "properties": {"event_id": {"type": "string"}, "source": {"type": "string"},
+                           "lesson_id": {"type": ["string", "null"]}, "provider": {"type": ["string", "null"]},
+                           "replay_of": {"type": "string"}},
+        },
+    },
+}
+ANSWER: Schema = {
+    "type": "object", "required": ["accepted", "duplicates", "ignored"], "additionalProperties": False,
+    "properties": {
+        "accepted": {"type": "array", "items": {"type": "string"}, "description": "Event ids stored now."},
+        "duplicates": {"type": "array", "items": {"type": "string"},
+                       "description": "Event ids already stored (within the dedupe window)."},
+        "ignored": {"type": "array", "items": {"type": "string"},
+                    "description": "Event ids accepted but not acted on (unmapped Moodle events)."},
+        "webhooks": {"type": "array", "items": _ref("WebhookPayload"),
+                     "description": "With `?wait=N`: the webhooks the events produced, when every job finished "
+                                    "in time."},
+    },
+}
+
+# ---------------------------------------------------------------------------- operations
+
+
+def _json(schema: Schema) -> Schema:
+    return {"application/json": {"schema": schema}}
+
+
+def _error(status: int, description: str | None = None, retry_after: bool = False) -> Schema:
+    response: Schema = {"description": description or ERROR_TEXT[status], "content": _json(_ref(f"Error{status}"))}
+    if retry_after:
+        response["headers"] = {"Retry-After": {"description": "Seconds to wait before retrying.",
+                                               "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
+    return response
+
+
+def _signature_headers(required: bool) -> list[Schema]:
+    return [
+        {"name": "webhook-id", "in": "header", "required": required, "schema": {"type": "string"},
+         "description": "Standard Webhooks message id (when the source has a `signing_secret`)."},
+        {"name": "webhook-timestamp", "in": "header", "required": required, "schema": {"type": "string"},
+         "description": "Unix seconds; at most 5 minutes from the server's clock."},
+        {"name": "webhook-signature", "in": "header", "required": required, "schema": {"type": "string"},
+         "description": "`v1,<base64 HMAC-SHA256 of id.timestamp.body>`, several space-separated allowed."},
+    ]
+
+
+WAIT = {"name": "wait", "in": "query", "required": False,
+        "schema": {"type": "number", "minimum": 0, "maximum": 10},
+        "description": "Wait up to N seconds for the event's jobs; answer 200 with `webhooks` when they finish."}
+
+
+def _events_operation(operation_id: str, summary: str, body: Schema, headers: list[Schema],
+                      sources: list[str] | None, description: str) -> Schema:
+    parameters = [*headers, WAIT]
+    if sources is not None:
+        parameters.insert(0, {"name": "source", "in": "path", "required": True,
+                              "schema": {"type": "string", **({"examples": sources} if sources else {})},
+                              "description": "A configured source name (`[sources.<name>]`)."})
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        "description": description,
+        "tags": ["events"],
+        "parameters": parameters,
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+        "responses": {
+            "200": {"description": "A pure repeat (every event a duplicate), or a `?wait` answer with `webhooks`.",
+                    "content": _json(_ref("Answer"))},
+            "202": {"description": "Accepted: durably stored and queued.", "content": _json(_ref("Answer"))},
+            **{str(s): _error(s, retry_after=s == 503) for s in (400, 401, 404, 413, 415, 503)},
+        },
+    }
+
+
+def _source_operation(source: SourceConfig, settings: Settings) -> Schema:
+    item = (moodle_event(bool(source.token) and not source.signing_secret) if source.format == "moodle"
+            else canonical_event(sorted(settings.providers)))
+    if source.format != "moodle" and source.token and not source.signing_secret:
+        item = {"allOf": [item, {"required": ["token"],
+                                 "properties": {"token": {"type": "string",
+                                                          "description": "The source's shared token."}}}]}
+    if source.signing_secret:
+        auth = "Standard Webhooks signature headers (the source has a `signing_secret`)."
+    elif source.token:
+        auth = "the body field `token` of every event (the source has a `token`)."
+    else:
+        auth = "none (the source has neither `token` nor `signing_secret`)."
+    return _events_operation(
+        f"postEvents_{source.name}", f"Send {source.format} events to the `{source.name}` source",
+        {"anyOf": [item, _batch(item, settings.max_batch)]}, _signature_headers(bool(source.signing_secret)),
+        sources=None,
+        description=f"Format `{source.format}`; default provider `{source.provider}`. Authentication: {auth}")
+
+
+# ---------------------------------------------------------------------------- admin API (bridge/admin.py)
+
+ADMIN_ERRORS = {
+    "400": "A bad parameter or body (`invalid_parameter`, `invalid_filter`, `invalid_cursor`, `invalid_json`, "
+           "`invalid_body`, `nothing_selected`).",
+    "401": "No `Authorization: Bearer <BRIDGE_ADMIN_TOKEN>`, or a wrong one (`missing_token`, `bad_token`).",
+    "503": "Redis is unreachable (`store_unavailable`); retry after `Retry-After` seconds.",
+}
+OBJ: Schema = {"type": "object"}
+
+
+def _admin_op(operation_id: str, summary: str, ok: dict[str, tuple[str, Schema]],
+              errors: dict[str, str] | None = None, parameters: list[Schema] | None = None,
+              body: Schema | None = None) -> Schema:
+    responses: Schema = {status: {"description": text, "content": _json(schema)}
+                         for status, (text, schema) in ok.items()}
+    for status, text in {**ADMIN_ERRORS, **(errors or {})}.items():
+        response: Schema = {"description": text, "content": _json(_ref("Error"))}
+        if status == "401":
+            response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+        if status == "503":
+            response["headers"] = {"Retry-After": {"schema": {"type": "string", "pattern": "^[0-9]+$"}}}
+        responses[status] = response
+    op: Schema = {"operationId": operation_id, "summary": summary, "tags": ["admin"],
+                  "security": [{"adminToken": []}], "parameters": parameters or [], "responses": responses}
+    if body is not None:
+        op["requestBody"] = {"required": False, "content": _json(body)}
+    return op
+
+
+def _query(name: str, schema: Schema, description: str) -> Schema:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+def _path(name: str, description: str) -> Schema:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}, "description": description}
+
+
+FLAG = {"type": "boolean"}
+LIST = {"type": "array", "items": {"type": "string"}}
+EVENT_FILTERS = [
+    _query("since", {"type": "string"}, "ISO 8601 time or a relative age such as `2h`, `3d`."),
+    _query("until", {"type": "string"}, "ISO 8601 time or a relative age."),
+    _query("source", LIST, "Source names (repeatable)."),
+    _query("type", LIST, "Canonical event types (repeatable)."),
+    _query("lesson", LIST, "Lesson ids (repeatable)."),
+    _query("id", LIST, "Event ids (repeatable)."),
+    _query("failed_only", FLAG, "Only events whose latest execution failed."),
+    _query("include_replays", FLAG, "Also list replay entries."),
+]
+FILTER_BODY = {"type": "object", "properties": {
+    "since": {"type": "string"}, "until": {"type": "string"}, "source": LIST, "type": LIST, "lesson": LIST,
+    "id": LIST, "failed_only": FLAG, "include_replays": FLAG, "reparse": FLAG, "dry_run": FLAG,
+    "limit": {"type": "integer", "minimum": 1, "maximum": 10000}}}
+NOT_FOUND_OR_AMBIGUOUS = {"404": "No such event (`event_not_found`).",
+                          "409": "The id exists in several sources: pass `source` (`ambiguous_event`)."}
+
+
+def admin_paths() -> dict[str, Schema]:
+    page = {"type": ["string", "null"], "description": "Pass as `cursor` for the next page; null on the last."}
+    return {
+        "/v1/admin/events": {"get": _admin_op(
+            "adminListEvents", "List events in the log, newest first, with their latest status.",
+            {"200": ("A page of events.", {"type": "object", "required": ["events", "next_cursor"], "properties": {
+                "events": {"type": "array", "items": OBJ}, "next_cursor": page}})},
+            parameters=[*EVENT_FILTERS,
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "Page size (50)."),
+                        _query("cursor", {"type": "string", "pattern": r"^\d+-\d+$"}, "From `next_cursor`."),
+                        _query("order", {"type": "string", "enum": ["asc", "desc"]}, "desc (default) or asc.")])},
+        "/v1/admin/events/{event_id}": {"get": _admin_op(
+            "adminShowEvent", "One event: raw and canonical forms, each execution's jobs and deliveries.",
+            {"200": ("The event.", {"type": "object", "required": ["event", "status", "executions"],
+                                    "properties": {"event": OBJ, "status": {"type": "string"},
+                                                   "executions": {"type": "array", "items": OBJ}}})},
+            NOT_FOUND_OR_AMBIGUOUS,
+            parameters=[_path("event_id", "The event id (may contain `/`)."),
+                        _query("source", {"type": "string"}, "The source, when the id exists in several.")])},
+        "/v1/admin/events/{event_id}/replay": {"post": _admin_op(
+            "adminReplayEvent", "Replay one event: a fresh replay id, new job ids, `data.replay_of` in webhooks.",
+            {"200": ("Dry run: what would be replayed.", {"type": "object", "required": ["dry_run", "replay"],
+                                                          "properties": {"dry_run": {"const": True},
+                                                                         "replay": OBJ}}),
+             "202": ("Replay enqueued.", {"type": "object", "required": ["dry_run", "replay"],
+                                          "properties": {"dry_run": {"const": False}, "replay": OBJ}})},
+            {**NOT_FOUND_OR_AMBIGUOUS, "422": "The event cannot be replayed (`cannot_replay`)."},
+            parameters=[_path("event_id", "The event id (may contain `/`)."),
+                        _query("source", {"type": "string"}, "The source, when the id exists in several."),
+                        _query("dry_run", FLAG, "Only show what would happen."),
+                        _query("reparse", FLAG, "Re-derive the canonical event from the raw body.")],
+            body={"type": "object", "properties": {"source": {"type": "string"}, "reparse": FLAG,
+                                                   "dry_run": FLAG}})},
+        "/v1/admin/replays": {"post": _admin_op(
+            "adminReplayMany", "Replay every event matching filters (at most `limit`, default 1000).",
+            {status: (text, {"type": "object", "required": ["summary", "truncated", "replays"], "properties": {
+                "summary": OBJ, "truncated": {"type": "boolean"}, "replays": {"type": "array", "items": OBJ}}})
+             for status, text in (("200", "Dry run."), ("202", "Replays enqueued."))},
+            body=FILTER_BODY)},
+        "/v1/admin/deliveries": {"get": _admin_op(
+            "adminListDeliveries", "Failing, dead or disabled webhook deliveries, most recent first.",
+            {"200": ("A page of deliveries.", {"type": "object", "required": ["deliveries", "next_cursor"],
+                                               "properties": {"deliveries": {"type": "array", "items": OBJ},
+                                                              "next_cursor": page}})},
+            parameters=[_query("status", {"type": "string", "enum": ["failed", "dead", "disabled"]},
+                               "Which list (default failed)."),
+                        _query("endpoint", {"type": "string"}, "Only this source's endpoint."),
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "Page size (50)."),
+                        _query("cursor", {"type": "integer", "minimum": 0}, "From `next_cursor`.")])},
+        "/v1/admin/deliveries/retry": {"post": _admin_op(
+            "adminRetryMany", "Retry chosen deliveries: by ids, by endpoint, or every dead one.",
+            {"202": ("Retries enqueued.", {"type": "object", "required": ["retried", "failed", "results"],
+                                           "properties": {"retried": {"type": "integer"},
+                                                          "failed": {"type": "integer"},
+                                                          "results": {"type": "array", "items": OBJ}}})},
+            body={"type": "object", "properties": {"ids": LIST, "endpoint": {"type": "string"},
+                                                   "all_dead": FLAG}})},
+        "/v1/admin/deliveries/{webhook_id}": {"get": _admin_op(
+            "adminShowDelivery", "One delivery with its attempt log.",
+            {"200": ("The delivery.", {"type": "object", "required": ["webhook_id", "status"],
+                                       "properties": {"webhook_id": {"type": "string"}}})},
+            {"404": "No such delivery (`delivery_not_found`)."},
+            parameters=[_path("webhook_id", "The `webhook-id` (msg_...).")])},
+        "/v1/admin/deliveries/{webhook_id}/retry": {"post": _admin_op(
+            "adminRetryDelivery", "One more attempt, same webhook-id, fresh job id.",
+            {"202": ("Retry enqueued.", {"type": "object", "required": ["webhook_id", "ok"],
+                                         "properties": {"webhook_id": {"type": "string"}, "ok": {"const": True}}})},
+            {"404": "No such delivery (`not_found`).",
+             "409": "Already delivered, endpoint disabled, no endpoint, or busy."},
+            parameters=[_path("webhook_id", "The `webhook-id` (msg_...).")])},
+        "/v1/admin/endpoints/{name}/enable": {"post": _admin_op(
+            "adminEnableEndpoint", "Re-enable a source's webhook endpoint after it answered 410 Gone.",
+            {"200": ("Enabled.", {"type": "object", "required": ["endpoint", "was_disabled"],
+                                  "properties": {"endpoint": {"type": "string"},
+                                                 "was_disabled": {"type": "boolean"}}})},
+            {"404": "No source of that name (`unknown_endpoint`)."},
+            parameters=[_path("name", "The source name."),
+                        _query("retry", FLAG, "Also retry the deliveries held while it was disabled.")],
+            body={"type": "object", "properties": {"retry": FLAG}})},
+    }
+
+
+def document(settings: Settings, admin: bool = False) -> Schema:
+    """The document; `admin` adds the admin API (served only to a caller holding the admin token)."""
+    try:
+        version = metadata.version("lesson-bridge")
+    except metadata.PackageNotFoundError:
+        version = "0.0.0"
+    any_event = {"anyOf": [canonical_event(), moodle_event(False)]}
+    paths: dict[str, Schema] = {
+        "/v1/events/{source}": {"post": _events_operation(
+            "postEvents", "Send events to a source",
+            {"anyOf": [any_event, _batch(any_event, settings.max_batch)]}, _signature_headers(False),
+            sources=sorted(settings.sources),
+            description="One JSON event or a batch. The body format and authentication depend on the source's "
+                        "configuration; the per-source paths below spell them out. Answers `202` when anything "
+                        "was stored, `200` for a pure repeat; never `2xx` for anything not durably stored.",
+        )},
+    }
+    for source in settings.sources.values():
+        if SAFE_NAME.fullmatch(source.name):     # other names are served, and described, by the generic path
+            paths[f"/v1/events/{source.name}"] = {"post": _source_operation(source, settings)}
+    status_ok = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}
+    paths.update({
+        "/healthz": {"get": {
+            "operationId": "healthz", "summary": "Liveness: the web process answers.", "tags": ["operations"],
+            "responses": {"200": {"description": "Alive.", "content": _json({**status_ok, "properties": {
+                "status": {"const": "ok"}}})}},
+        }},
+        "/readyz": {"get": {
+            "operationId": "readyz", "summary": "Readiness: Redis answers and a worker sent a heartbeat recently.",
+            "tags": ["operations"],
+            "responses": {
+                "200": {"description": "Ready.", "content": _json({**status_ok, "properties": {
+                    "status": {"const": "ready"}}})},
+                "503": {"description": "Redis is unreachable (`store_unavailable`, with `Retry-After`) or no "
+                                       "worker heartbeat was seen in the last 30 s (`no_worker`).",
+                        "headers": {"Retry-After": {"schema": {"type": "string", "pattern": "^[0-9]+$"}}},
+                        "content": _json(_ref("ErrorReadyz"))},
+            },
+        }},
+        "/metrics": {"get": {
+            "operationId": "metrics", "summary": "Prometheus metrics for the whole deployment (all processes).",
+            "description": "Counters and histograms every process keeps in Redis, and gauges read from it: "
+                           "bridge_events_total, bridge_events_rejected_total, bridge_jobs_total, "
+                           "bridge_job_duration_seconds, bridge_webhook_attempts_total, bridge_dead_letters, "
+                           "bridge_failing_deliveries, bridge_recordings_active, bridge_queue_depth, "
+                           "bridge_queue_due.",
+            "tags": ["operations"],
+            "responses": {
+                "200": {"description": "Prometheus text exposition format 0.0.4.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}}},
+                "503": _error(503, "Redis is unreachable.", retry_after=True),
+            },
+        }},
+        "/openapi.json": {"get": {
+            "operationId": "openapi", "summary": "This document.", "tags": ["operations"],
+            "responses": {"200": {"description": "OpenAPI 3.1.", "content": _json({"type": "object"})}},
+        }},
+    })
+    components: Schema = {}
+    if admin and settings.admin_token:
+        paths.update(admin_paths())
+        components["securitySchemes"] = {"adminToken": {"type": "http", "scheme": "bearer",
+                                                        "description": "BRIDGE_ADMIN_TOKEN"}}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Lesson Bridge",
+            "version": version,
+            "description": "Connects learning platforms to video-conferencing providers. Platforms POST events; "
+                           "the bridge answers at once and does the work on queues, reporting back through "
+                           "Standard Webhooks-signed callbacks.",
+        },
+        "paths": paths,
+        "components": {"schemas": {
+            "Answer": ANSWER,
+            "WebhookPayload": WEBHOOK_PAYLOAD,
+            "CanonicalEvent": canonical_event(),
+            "MoodleEvent": moodle_event(False),
+            "Error": _error_schema(),
+            "ErrorReadyz": {**_error_schema(), "properties": {"error": {
+                **_error_schema()["properties"]["error"],
+                "properties": {**_error_schema()["properties"]["error"]["properties"],
+                               "code": {"type": "string", "enum": ["store_unavailable", "no_worker"]}}}}},
+            **{f"Error{status}": _error_schema(status) for status in ERROR_CODES},
+        }, **components},
+    }
+
+
+def endpoint(settings: Settings) -> Any:
+    """The GET /openapi.json handler. Documents are built once, on first request.
+
+    The admin API keeps its shape from strangers (bridge/admin.py), so its operations are described
+    only to a caller that sends `Authorization: Bearer <BRIDGE_ADMIN_TOKEN>`.
+    """
+    cache: dict[bool, bytes] = {}
+    token = (settings.admin_token or "").encode()
+
+    async def openapi_json(request: Request) -> Response:
+        scheme, _, offered = request.headers.get("authorization", "").partition(" ")
+        admin = bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(offered.strip().encode(), token)
+        if admin not in cache:
+            cache[admin] = JSONResponse(document(settings, admin=admin)).body
+        return Response(cache[admin], media_type="application/json")
+
+    return openapi_json

@@ -1,0 +1,72 @@
+"""FFmpeg recording engine: pull or listen, supervise, stop, and join parts into one MP4.
+
+Public API (everything a job needs)::
+
+    from bridge.recording import RecorderConfig, RecordingSpec, ListenSpec, RecordingSession
+    from bridge.recording import finalize, finalize_all, stop_all, active_sessions, get_session
+
+See session.py for the life cycle, parts.py for the on-disk layout, process.py for how FFmpeg is kept
+from outliving its supervisor, ffmpeg.py for binaries, command lines and probing.
+"""
+
+from bridge.recording.config import (
+    EndReason,
+    FinalizeResult,
+    InsufficientDiskSpace,
+    ListenSpec,
+    RecorderConfig,
+    RecordingBusy,
+    RecordingError,
+    RecordingSpec,
+    RunResult,
+    StopGraces,
+)
+from bridge.recording.ffmpeg import (
+    FFmpegBinaries,
+    FFmpegError,
+    ProbeResult,
+    Progress,
+    StreamInfo,
+    locate_ffmpeg,
+    probe,
+)
+from bridge.recording.parts import RecordingPaths, finalize, slug
+from bridge.recording.process import PDEATHSIG_AVAILABLE
+from bridge.recording.session import (
+    RecordingSession,
+    SessionState,
+    active_sessions,
+    finalize_all,
+    get_session,
+    stop_all,
+)
+
+__all__ = [
+    "PDEATHSIG_AVAILABLE",
+    "EndReason",
+    "FFmpegBinaries",
+    "FFmpegError",
+    "FinalizeResult",
+    "InsufficientDiskSpace",
+    "ListenSpec",
+    "ProbeResult",
+    "Progress",
+    "RecorderConfig",
+    "RecordingBusy",
+    "RecordingError",
+    "RecordingPaths",
+    "RecordingSession",
+    "RecordingSpec",
+    "RunResult",
+    "SessionState",
+    "StopGraces",
+    "StreamInfo",
+    "active_sessions",
+    "finalize",
+    "finalize_all",
+    "get_session",
+    "locate_ffmpeg",
+    "probe",
+    "slug",
+    "stop_all",
+]

@@ -1,0 +1,222 @@
+"""What a recording needs: recorder settings, one recording's spec, results, and errors."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from bridge.recording.ffmpeg import LISTEN_PROTOCOLS, PART_FORMATS
+
+GiB = 1024**3
+
+
+class RecordingError(RuntimeError):
+    """A recording cannot start. ``code`` is machine-readable: ``bad_spec``, ``ffmpeg_not_found``,
+    ``disk_space``, ``busy`` (another supervisor holds this recording), ``port``."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class InsufficientDiskSpace(RecordingError):
+    def __init__(self, message: str):
+        super().__init__("disk_space", message)
+
+
+class RecordingBusy(RecordingError):
+    def __init__(self, message: str):
+        super().__init__("busy", message)
+
+
+@dataclass(frozen=True)
+class StopGraces:
+    """How long each stop step may take before the next, harsher one (seconds)."""
+
+    q: float = 2.0            # 'q' on stdin: FFmpeg finishes the part cleanly
+    q_stalled: float = 0.5    # the same when the input is known stalled ('q' cannot unblock a read)
+    sigint: float = 3.0       # first SIGINT
+    sigint_stalled: float = 0.5   # after init, FFmpeg's read interrupt needs a *second* signal
+    sigint2: float = 2.0      # second SIGINT aborts a blocking read that ignored the first
+    sigkill: float = 2.0      # after SIGKILL only the kernel's reaping is left
+
+    @property
+    def total(self) -> float:
+        return self.q + self.sigint + self.sigint2 + self.sigkill
+
+
+@dataclass(frozen=True)
+class RecorderConfig:
+    """Recorder settings. ``from_settings`` reads the ``[recording]`` TOML table (``dir`` and
+    ``max_duration_s`` are contract keys) plus ``BRIDGE_FFMPEG`` / ``BRIDGE_FFPROBE``."""
+
+    root: Path = Path("var/recordings")
+    max_duration_s: float = 6 * 3600.0
+    ffmpeg: str | None = None
+    ffprobe: str | None = None
+    min_free_bytes: int = 2 * GiB           # refuse to start below this
+    stop_free_bytes: int | None = None      # stop a running recording below this (default min_free/4)
+    disk_check_period_s: float = 5.0
+    part_format: str = "mpegts"             # mpegts | matroska: both survive a kill
+    flush_packets: bool = True              # write each packet through: a kill loses nothing buffered
+    progress_period_s: float = 0.5
+    loglevel: str = "warning"
+    stderr_tail_lines: int = 20
+    stop_graces: StopGraces = field(default_factory=StopGraces)
+    listen_host: str = "127.0.0.1"          # where listen-mode FFmpeg binds
+    public_host: str | None = None          # host in the push URL handed out (default listen_host)
+    listen_port_range: tuple[int, int] = (19350, 19449)   # for ListenSpec(port=0)
+    reconnect_backoff_s: tuple[float, ...] = (1.0, 2.0, 5.0)
+    finalize_timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).expanduser().resolve())
+        if self.part_format not in PART_FORMATS:
+            raise RecordingError("bad_spec", f"recording.part_format must be one of {sorted(PART_FORMATS)}")
+
+    @property
+    def part_extension(self) -> str:
+        return PART_FORMATS[self.part_format]
+
+    @property
+    def effective_stop_free_bytes(self) -> int:
+        return self.stop_free_bytes if self.stop_free_bytes is not None else self.min_free_bytes // 4
+
+    @classmethod
+    def from_settings(cls, table: Mapping[str, Any] | None = None,
+                      env: Mapping[str, str] | None = None) -> RecorderConfig:
+        """Build from a ``[recording]`` table: ``dir`` → root; unknown keys are ignored."""
+        env = os.environ if env is None else env
+        table = dict(table or {})
+        if "dir" in table:
+            table["root"] = table.pop("dir")
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in table.items() if k in known}
+        if isinstance(kwargs.get("stop_graces"), Mapping):
+            kwargs["stop_graces"] = StopGraces(**kwargs["stop_graces"])
+        for key in ("listen_port_range", "reconnect_backoff_s"):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])
+        kwargs.setdefault("ffmpeg", env.get("BRIDGE_FFMPEG") or None)
+        kwargs.setdefault("ffprobe", env.get("BRIDGE_FFPROBE") or None)
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class ListenSpec:
+    """Listen mode: FFmpeg waits for a publisher to push to ``protocol://host:port/path``."""
+
+    protocol: str = "rtmp"             # rtmp | http (POST/PUT of MPEG-TS etc.) | tcp | srt
+    port: int = 0                      # 0: first free port in config.listen_port_range
+    host: str | None = None            # bind address (default config.listen_host)
+    path: str | None = None            # default live/<recording id> (rtmp, http); ignored by tcp/srt
+
+
+@dataclass(frozen=True)
+class RecordingSpec:
+    recording_id: str
+    lesson_id: str
+    source_url: str | None = None      # pull: rtmp://, rtsp://, srt://, http(s):// (HLS too), file path
+    listen: ListenSpec | None = None   # used when source_url is None (default: RTMP on a free port)
+    max_duration_s: float | None = None   # whole recording across parts, capped by config.max_duration_s
+    input_timeout_s: float = 10.0      # FFmpeg's own bound on a blocking read (rw_timeout / timeout)
+    stall_timeout_s: float = 30.0      # no media-time progress this long while recording → stalled
+    start_timeout_s: float | None = None   # pull: first media within this (default input+stall timeout)
+    listen_timeout_s: float = 600.0    # listen: a publisher must arrive within this
+    reconnects: int = 2                # per run: new part after a stall / input error, with backoff
+    realtime: bool = False             # -re: read a file at its native rate (tests, benchmarks)
+    input_options: Mapping[str, Any] = field(default_factory=dict)   # extra FFmpeg input options
+
+    def __post_init__(self) -> None:
+        for name in ("recording_id", "lesson_id"):
+            if not str(getattr(self, name) or "").strip():
+                raise RecordingError("bad_spec", f"{name} is required")
+        if self.source_url is not None and not self.source_url.strip():
+            raise RecordingError("bad_spec", "source_url is empty (use None for listen mode)")
+        if self.source_url is not None and self.listen is not None:
+            raise RecordingError("bad_spec", "give source_url (pull) or listen (push), not both")
+        if self.listen is not None and self.listen.protocol not in LISTEN_PROTOCOLS:
+            raise RecordingError("bad_spec", f"listen.protocol must be one of {sorted(LISTEN_PROTOCOLS)}")
+        for name in ("input_timeout_s", "stall_timeout_s", "listen_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise RecordingError("bad_spec", f"{name} must be > 0")
+        if self.max_duration_s is not None and not self.max_duration_s > 0:
+            raise RecordingError("bad_spec", "max_duration_s must be > 0")
+
+    @property
+    def is_listen(self) -> bool:
+        return self.source_url is None
+
+    @property
+    def listen_spec(self) -> ListenSpec:
+        return self.listen or ListenSpec()
+
+
+class EndReason(StrEnum):
+    """Why a run (one supervision of one recording, possibly several parts) ended."""
+
+    STOPPED = "stopped"                # stop was requested
+    SHUTDOWN = "shutdown"              # stopped by stop_all / finalize_all (process shutting down)
+    MAX_DURATION = "max_duration"
+    SOURCE_ENDED = "source_ended"      # input reached its end / the publisher disconnected
+    STALLED = "stalled"                # no progress for stall_timeout_s (after reconnects ran out)
+    INPUT_TIMEOUT = "input_timeout"    # FFmpeg's rw_timeout fired (after reconnects ran out)
+    START_TIMEOUT = "start_timeout"    # no media (pull) / no publisher (listen) in time
+    DISK_LOW = "disk_low"
+    ERROR = "error"                    # FFmpeg failed (bad URL, refused, unsupported codec, ...)
+    CANCELLED = "cancelled"            # the awaiting coroutine was cancelled
+
+    @property
+    def is_normal(self) -> bool:
+        return self in {EndReason.STOPPED, EndReason.SHUTDOWN, EndReason.MAX_DURATION, EndReason.SOURCE_ENDED}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The outcome of one supervision run. Parts with media are kept even when ``ok`` is false."""
+
+    recording_id: str
+    lesson_id: str
+    ok: bool                           # ended for a normal reason and recorded something
+    reason: EndReason
+    detail: str                        # human text
+    parts: tuple[str, ...]             # absolute paths of the parts written by this run
+    recorded_s: float                  # media time written by this run
+    total_recorded_s: float            # including earlier runs' parts
+    exit_codes: tuple[int, ...]
+    stop_step: str | None              # how the last FFmpeg ended when we stopped it: q | SIGINT | ...
+    stderr_tail: tuple[str, ...]
+    push_url: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: (str(v) if isinstance(v, EndReason) else list(v) if isinstance(v, tuple) else v)
+                for f in fields(self) for v in [getattr(self, f.name)]}
+
+
+@dataclass(frozen=True)
+class FinalizeResult:
+    """Shape of ``recording.completed`` data (file, bytes, duration_s, container) plus extras."""
+
+    ok: bool
+    recording_id: str
+    lesson_id: str
+    file: str | None = None            # absolute path of the joined MP4
+    bytes: int = 0
+    duration_s: float = 0.0            # probed from the final file
+    container: str = "mp4"
+    sha256: str | None = None
+    parts: tuple[str, ...] = ()        # part file names that went in
+    parts_duration_s: float = 0.0      # sum of the parts' probed durations
+    skipped_parts: tuple[str, ...] = ()   # parts without readable media
+    reason: str | None = None          # failure: no_media | join_failed | verify_failed | busy | disk_space
+    stderr_tail: tuple[str, ...] = ()
+    cached: bool = False               # an earlier finalize of the same parts was returned
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: list(v) if isinstance(v, tuple) else v
+                for f in fields(self) for v in [getattr(self, f.name)]}
+
