@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -84,10 +85,25 @@ def _run_worker(queue: str) -> None:
     asyncio.set_event_loop(uvloop.new_event_loop())
     settings, embedded = _ensure_redis(_settings())
     try:
-        Worker(**worker_settings(settings, queue)).run()
+        worker = Worker(**worker_settings(settings, queue))
+        if queue == RECORDER_QUEUE:
+            _stop_recordings_on_signal(worker)
+        worker.run()
     finally:
         if embedded:
             embedded.stop()
+
+
+def _stop_recordings_on_signal(worker: Any) -> None:
+    """SIGTERM/SIGINT: stop every FFmpeg at once (each job finalizes and hands back), then arq drains."""
+    from bridge.recorder import shutdown_recordings
+
+    def handle(signum: int) -> None:
+        worker.loop.create_task(shutdown_recordings())
+        worker.handle_sig_wait_for_completion(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        worker.loop.add_signal_handler(signum, handle, signum)
 
 
 def cmd_worker(args: argparse.Namespace) -> None:

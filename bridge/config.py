@@ -63,6 +63,7 @@ class Settings:
     event_retention_max: int = 1_000_000
     recording_dir: Path = Path("var/recordings")
     recording_max_duration_s: int = 6 * 3600
+    recording_options: Mapping[str, Any] = field(default_factory=dict)   # the rest of [recording], for the engine
     webhook_retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
     webhook_timeout_s: float = 10.0
     origin: str = "<defaults>"
@@ -230,6 +231,7 @@ def _settings_from(raw: Mapping[str, Any], env: Mapping[str, str], origin: str) 
         event_retention_max=int(bridge.positive("event_retention_max", 1_000_000)),
         recording_dir=Path(recording.get("dir", str, str(data_dir / "recordings"))).absolute(),
         recording_max_duration_s=int(recording.positive("max_duration_s", 6 * 3600)),
+        recording_options={k: v for k, v in recording.table.items() if k not in ("dir", "max_duration_s")},
         webhook_retry_schedule=tuple(float(s) for s in schedule),
         webhook_timeout_s=float(webhooks.positive("timeout_s", 10.0)),
         origin=origin,

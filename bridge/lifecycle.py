@@ -6,6 +6,7 @@ per-lesson lock, and webhook ids derive from the event reference.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,9 +18,10 @@ from arq.connections import ArqRedis
 
 from bridge.config import Settings, SourceConfig
 from bridge.providers.base import Capability, Lesson, Provider, ProviderError, Room, User
+from bridge.recording import RecorderConfig
 from bridge.sources.canonical import iso
-from bridge.store import lesson_key, lesson_lock_key, teachers_key
-from bridge.webhooks import Outbound, emit
+from bridge.store import lesson_key, lesson_lock_key, recording_key, recording_stop_key, teachers_key
+from bridge.webhooks import Outbound, deliver_outbound, emit
 
 
 @dataclass
@@ -30,6 +32,7 @@ class Runtime:
     redis: ArqRedis
     http: httpx.AsyncClient
     providers: dict[str, Provider]
+    recording: RecorderConfig | None = None      # recorder processes only
 
 
 @dataclass
@@ -90,6 +93,15 @@ class Job:
         if outbound is not None:
             self.pending.append(outbound)
         return msg_id
+
+    async def flush(self) -> None:
+        """Make the first delivery attempt of every webhook this job has produced so far."""
+        pending, self.pending = self.pending, []
+        await asyncio.gather(*(deliver_outbound(self.rt.redis, self.rt.http, self.rt.settings, self.source, outbound, 0)
+                               for outbound in pending))
+
+
+STOP_FLAG_TTL_S = 7 * 24 * 3600
 
 
 def _time(value: str | None) -> datetime | None:
@@ -175,6 +187,7 @@ async def lesson_ended(job: Job) -> None:
     async def end(provider: Provider, lesson: Lesson, room: Room) -> None:
         if provider.supports(Capability.END_ROOM):
             await provider.end_room(lesson, room)
+    await request_recording_stop(job, None)
     await _close(job, "ended", "room.ended", end)
 
 
@@ -252,21 +265,20 @@ async def role_changed(job: Job) -> None:
         await job.rt.redis.srem(key, job.event["user"]["id"])
 
 
-async def recording_start(job: Job) -> None:
-    room, _ = await ensure_room(job)
-    recording_id = await (await job.provider()).start_recording(job.lesson, room)
-    await job.save(recording=recording_id)
-    await job.emit("recording.started", {"recording_id": recording_id})
+async def request_recording_stop(job: Job, recording_id: str | None) -> str | None:
+    """Ask whichever recorder holds the recording to stop it; recording.completed comes from there."""
+    recording_id = recording_id or (await job.state()).get("recording")
+    if not recording_id or not await job.rt.redis.exists(recording_key(recording_id)):
+        return None
+    await job.rt.redis.set(recording_stop_key(recording_id), "1", ex=STOP_FLAG_TTL_S)
+    return recording_id
 
 
 async def recording_stop(job: Job) -> None:
-    room = await _require_room(job)
-    recording_id = job.event["data"].get("recording_id") or (await job.state()).get("recording")
-    if not recording_id:
-        raise ProviderError("no_recording", "the lesson has no active recording", retryable=False)
-    await (await job.provider()).stop_recording(job.lesson, room, recording_id)
-    await job.forget("recording")
-    await job.emit("recording.completed", {"recording_id": recording_id})
+    wanted = job.event["data"].get("recording_id")
+    if await request_recording_stop(job, wanted) is None:
+        what = f"no recording {wanted}" if wanted else "the lesson has no active recording"
+        raise ProviderError("no_recording", what, retryable=False)
 
 
 HANDLERS: dict[str, Callable[[Job], Awaitable[None]]] = {
@@ -282,6 +294,5 @@ HANDLERS: dict[str, Callable[[Job], Awaitable[None]]] = {
     "call_dial_out": call_dial_out,
     "call_hang_up": call_hang_up,
     "role_changed": role_changed,
-    "recording_start": recording_start,
     "recording_stop": recording_stop,
 }

@@ -86,6 +86,22 @@ METRICS_ATTEMPTS = f"{PREFIX}metrics:webhook-attempts"  # hash [status] → outb
 ACTIVE_RECORDINGS = f"{PREFIX}recordings:active"        # sorted set: recording id → time it started
 
 
+def recording_key(recording_id: str) -> str:
+    """Hash: lesson, status, owner, job_id, push_url, source_url, recorded_s, part, updated_at."""
+    return f"{PREFIX}recording:{recording_id}"
+
+
+def recording_lease_key(recording_id: str) -> str:
+    """Held (short TTL, refreshed) by the recorder process supervising the recording."""
+    return f"{PREFIX}recording-lease:{recording_id}"
+
+
+def recording_stop_key(recording_id: str) -> str:
+    """Set by `recording.stop` from any process; the supervising recorder polls it."""
+    return f"{PREFIX}recording-stop:{recording_id}"
+
+
+
 def health_check_key(queue: str) -> str:
     """arq refreshes `<queue>:health-check` every health_check_interval with a short TTL."""
     return f"{queue}:health-check"

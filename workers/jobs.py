@@ -17,15 +17,16 @@ import structlog
 from arq import Retry
 from redis.exceptions import LockError
 
-from bridge import metrics
-from bridge.lifecycle import HANDLERS, Job, Runtime
+from bridge import lifecycle, metrics, recorder
+from bridge.lifecycle import Job, Runtime
 from bridge.providers.base import ProviderError
 from bridge.sources.canonical import iso
 from bridge.store import job_runs_key
-from bridge.webhooks import deliver, deliver_outbound
+from bridge.webhooks import deliver
 
 log = structlog.get_logger("bridge.jobs")
 MAX_TRIES = 8
+HANDLERS = {**lifecycle.HANDLERS, **recorder.HANDLERS}
 RUNS_TTL_S = 30 * 24 * 3600
 
 
@@ -42,7 +43,8 @@ async def _record(rt: Runtime, ref: str, function: str, outcome: dict[str, Any])
         await pipe.execute()
 
 
-def event_job(function: str) -> Callable[[dict[str, Any], dict[str, Any]], Awaitable[str]]:
+def event_job(function: str, deadline_s: float) -> Callable[[dict[str, Any], dict[str, Any]], Awaitable[str]]:
+    """The arq function for one handler; `deadline_s` sits inside arq's own job timeout."""
     handler = HANDLERS[function]
 
     async def run(ctx: dict[str, Any], envelope: dict[str, Any]) -> str:
@@ -60,8 +62,10 @@ def event_job(function: str) -> Callable[[dict[str, Any], dict[str, Any]], Await
                 raise ProviderError("unknown_source", f"source {envelope['source']!r} is no longer configured",
                                     retryable=False)
             # Our own deadline, inside arq's: a job that overruns is retried, not silently dropped by arq.
-            async with asyncio.timeout(max(1.0, rt.settings.job_timeout_s - 1)):
+            async with asyncio.timeout(deadline_s):
                 await handler(job)
+        except Retry:
+            raise                   # the handler hands the job back itself (a recorder shutting down)
         except TimeoutError:
             error = ProviderError("job_timeout", f"{function} did not finish in time", retryable=True)
         except ProviderError as exc:
@@ -83,10 +87,8 @@ def event_job(function: str) -> Callable[[dict[str, Any], dict[str, Any]], Await
             if job is not None:
                 await job.emit("event.failed", {"job": function, "error": outcome["error"]}, discriminator=function)
         await _record(rt, ref, function, outcome)
-        if job is not None and job.pending:
-            # After the outcome is recorded, so ?wait answers without waiting for the LMS endpoint.
-            await asyncio.gather(*(deliver_outbound(rt.redis, rt.http, rt.settings, job.source, outbound, 0)
-                                   for outbound in job.pending))
+        if job is not None:
+            await job.flush()       # after the outcome is recorded: ?wait answers without waiting for the LMS
         log.info("job", status=outcome["status"], ms=ms, error=outcome.get("error"))
         return outcome["status"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -11,39 +12,55 @@ from arq.worker import Function, func
 from bridge.config import Settings
 from bridge.lifecycle import Runtime
 from bridge.providers import build_provider
+from bridge.recorder import reclaim_loop, recorder_config
 from bridge.replay import trim_job
 from bridge.routing import JOBS_BY_TYPE
 from bridge.store import RECORDER_QUEUE, WORKER_QUEUE, arq_redis_settings
 from workers.jobs import deliver_webhook, event_job
 
+RECORDER_GRACE_S = 300      # joining parts and probing after the longest recording
 DRAIN_S = 20                 # on SIGTERM, in-flight jobs get this long; platforms kill at 30 s
 HEALTH_CHECK_S = 10
 
 
-def _functions(queue: str) -> list[Function]:
+RECORDER_TRIES = 100         # a recording is handed back at every recorder restart (deploys, scaling)
+
+
+def _functions(settings: Settings, queue: str) -> list[Function]:
     names = sorted({function for steps in JOBS_BY_TYPE.values() for q, function in steps if q == queue})
-    return [func(event_job(name), name=name, max_tries=8) for name in names]
+    if queue == RECORDER_QUEUE:
+        timeout = settings.recording_max_duration_s + RECORDER_GRACE_S
+        return [func(event_job(name, timeout - 5), name=name, timeout=timeout, max_tries=RECORDER_TRIES)
+                for name in names]
+    deadline = max(1.0, settings.job_timeout_s - 1)
+    return [func(event_job(name, deadline), name=name, max_tries=8) for name in names]
 
 
 def worker_settings(settings: Settings, queue: str = WORKER_QUEUE) -> dict[str, Any]:
+    recorder = queue == RECORDER_QUEUE
+
     async def startup(ctx: dict[str, Any]) -> None:
         http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0),
                                  limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
         providers = {name: build_provider(name, cfg.kind, cfg.settings, http)
                      for name, cfg in settings.providers.items()}
-        ctx["bridge"] = Runtime(settings=settings, redis=ctx["redis"], http=http, providers=providers)
+        ctx["bridge"] = Runtime(settings=settings, redis=ctx["redis"], http=http, providers=providers,
+                                recording=recorder_config(settings) if recorder else None)
+        if recorder:
+            ctx["reclaim"] = asyncio.ensure_future(reclaim_loop(ctx["redis"], settings))
 
     async def shutdown(ctx: dict[str, Any]) -> None:
+        if "reclaim" in ctx:
+            ctx["reclaim"].cancel()
         runtime: Runtime | None = ctx.get("bridge")
         if runtime is not None:
             for provider in runtime.providers.values():
                 await provider.aclose()
             await runtime.http.aclose()
 
-    functions = _functions(queue)
+    functions = _functions(settings, queue)
     if queue == WORKER_QUEUE:
         functions.append(func(deliver_webhook, name="deliver_webhook", max_tries=3))
-    recorder = queue == RECORDER_QUEUE
     return {
         "functions": functions,
         "queue_name": queue,
@@ -51,7 +68,7 @@ def worker_settings(settings: Settings, queue: str = WORKER_QUEUE) -> dict[str, 
         "on_startup": startup,
         "on_shutdown": shutdown,
         "max_jobs": 60 if recorder else 50,
-        "job_timeout": settings.recording_max_duration_s + 120 if recorder else settings.job_timeout_s,
+        "job_timeout": settings.job_timeout_s,
         "keep_result": 3600,
         "max_tries": 8,
         "health_check_interval": HEALTH_CHECK_S,

@@ -1,0 +1,190 @@
+"""The recorder's side of recording: a Redis lease and stop flag around one FFmpeg session.
+
+`recording.start` runs here, on the recorder queue, for as long as the recording lasts. Any process
+can stop it (`recording.stop` sets a flag the supervising job polls). The supervising process holds
+a short lease; when a recorder dies (SIGKILL, lost machine) another recorder sees the lease lapse
+and hands the job back to arq at once, instead of after arq's hours-long in-progress timeout, and
+the recording continues in a new part. On SIGTERM the recorder finalizes what it has (a playable
+file even if no recorder comes back) and hands the job back, so a deploy does not end a lesson's
+recording.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+import time
+from typing import Any
+from urllib.parse import urlparse
+
+import structlog
+from arq import Retry
+from arq.constants import in_progress_key_prefix
+
+from bridge import metrics
+from bridge.lifecycle import Job, ensure_room
+from bridge.providers.base import Capability, ProviderError
+from bridge.recording import (
+    EndReason,
+    ListenSpec,
+    RecorderConfig,
+    RecordingError,
+    RecordingSession,
+    RecordingSpec,
+    RunResult,
+    stop_all,
+)
+from bridge.store import ACTIVE_RECORDINGS, recording_key, recording_lease_key, recording_stop_key
+
+log = structlog.get_logger("bridge.recorder")
+POLL_S = 0.5
+OWNER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def recording_id_for(ref: str) -> str:
+    """Stable across re-runs of the same event's job: a re-run continues the same recording."""
+    return "rec_" + hashlib.sha256(ref.encode()).hexdigest()[:20]
+
+
+def recorder_config(settings: Any) -> RecorderConfig:
+    return RecorderConfig.from_settings({**settings.recording_options, "dir": settings.recording_dir,
+                                         "max_duration_s": settings.recording_max_duration_s})
+
+
+def lease_s(settings: Any) -> float:
+    return float(settings.recording_options.get("lease_s", 15))
+
+
+def _is_file(url: str) -> bool:
+    return urlparse(url).scheme in ("", "file")
+
+
+async def _refresh(job: Job, recording_id: str, session: RecordingSession | None, status: str) -> None:
+    fields = {"status": status, "owner": OWNER, "updated_at": str(time.time())}
+    if session is not None:
+        fields.update(recorded_s=f"{session.recorded_s:.1f}", part=str(session.part_index))
+    async with job.rt.redis.pipeline(transaction=True) as pipe:
+        pipe.hset(recording_key(recording_id), mapping=fields)
+        pipe.set(recording_lease_key(recording_id), OWNER, px=int(lease_s(job.rt.settings) * 1000))
+        await pipe.execute()
+
+
+async def _supervise(job: Job, recording_id: str, session: RecordingSession) -> RunResult:
+    """Until FFmpeg ends: keep the lease, and stop when any process sets the stop flag."""
+    redis = job.rt.redis
+    waiter = asyncio.ensure_future(session.wait())
+    try:
+        while not waiter.done():
+            if await redis.exists(recording_stop_key(recording_id)):
+                session.request_stop(EndReason.STOPPED)
+            await _refresh(job, recording_id, session, "recording")
+            await asyncio.wait({waiter}, timeout=POLL_S)
+        return waiter.result()
+    finally:
+        if not waiter.done():       # cancelled (arq gave up on us): stop FFmpeg before leaving
+            session.request_stop(EndReason.CANCELLED)
+            await asyncio.wait({waiter}, timeout=15)
+
+
+async def recording_start(job: Job) -> None:
+    rt, data = job.rt, job.event.get("data") or {}
+    recording_id = recording_id_for(job.ref)
+    active = (await job.state()).get("recording")
+    if (active and active != recording_id and not data.get("allow_concurrent")
+            and await rt.redis.exists(recording_lease_key(active))):
+        raise ProviderError("recording_active", f"lesson is already recording ({active})", retryable=False)
+
+    source_url = data.get("source_url")
+    spec = RecordingSpec(
+        recording_id=recording_id, lesson_id=job.event["lesson"]["id"], source_url=source_url,
+        listen=None if source_url else ListenSpec(protocol=str(data.get("listen_protocol", "rtmp"))),
+        max_duration_s=data.get("max_duration_s"), realtime=bool(source_url and _is_file(source_url)),
+    )
+    session = RecordingSession(spec, rt.recording)
+    try:
+        await session.start()
+    except RecordingError as exc:
+        raise ProviderError(exc.code, str(exc), retryable=False) from None
+    await job.save(recording=recording_id)
+    await rt.redis.hset(recording_key(recording_id), mapping={
+        "lesson": job.lesson_key, "job_id": f"{job.ref}:recording_start", "push_url": session.push_url or "",
+        "source_url": source_url or "", "event_id": job.event["id"], "source": job.source.name})
+    await _refresh(job, recording_id, session, "recording")
+    await metrics.recording_started(rt.redis, recording_id)
+
+    stream_out_id = None
+    if session.push_url:
+        provider = await job.provider()
+        if provider.supports(Capability.STREAM_OUT) and data.get("stream_out", True):
+            room, _ = await ensure_room(job)
+            stream_out_id = await provider.start_stream_out(job.lesson, room, session.push_url)
+    await job.emit("recording.started", {"recording_id": recording_id, "push_url": session.push_url,
+                                         "source_url": source_url, "part": session.part_index})
+    await job.flush()                # the LMS hears of it now, not when the lesson ends
+
+    result = await _supervise(job, recording_id, session)
+    if stream_out_id:
+        provider = await job.provider()
+        room = await job.room()
+        if room is not None:
+            await provider.stop_stream_out(job.lesson, room, stream_out_id)
+
+    if result.reason in (EndReason.SHUTDOWN, EndReason.CANCELLED):
+        # A playable file now, in case no recorder comes back; then the job goes back to the queue
+        # and the next recorder continues in a new part and joins them all at the end.
+        await session.finalize(deep_verify=False)
+        await _refresh(job, recording_id, session, "interrupted")
+        await rt.redis.delete(recording_lease_key(recording_id))
+        log.info("recording.handed_back", recording_id=recording_id, reason=str(result.reason))
+        raise Retry(defer=0.5)
+
+    final = await session.finalize()
+    await rt.redis.hset(recording_key(recording_id), mapping={"status": "completed" if final.ok else "failed",
+                                                              "updated_at": str(time.time())})
+    await rt.redis.delete(recording_lease_key(recording_id))
+    await metrics.recording_finished(rt.redis, recording_id)
+    if (await job.state(fresh=True)).get("recording") == recording_id:
+        await job.forget("recording")
+    if final.ok:
+        await job.emit("recording.completed", {
+            "recording_id": recording_id, "file": str(final.file), "bytes": final.bytes,
+            "duration_s": final.duration_s, "container": final.container, "sha256": final.sha256,
+            "parts": final.parts, "reason": str(result.reason)})
+    else:
+        await job.emit("recording.failed", {
+            "recording_id": recording_id, "reason": final.reason or str(result.reason),
+            "detail": result.detail, "ffmpeg_stderr": (final.stderr_tail or result.stderr_tail)[-20:]})
+
+
+async def reclaim_orphans(redis: Any, settings: Any) -> list[str]:
+    """Hand back to arq the recording jobs whose supervisor stopped renewing its lease."""
+    reclaimed = []
+    for raw_id in await redis.zrange(ACTIVE_RECORDINGS, 0, -1):
+        recording_id = raw_id.decode()
+        if await redis.exists(recording_lease_key(recording_id)):
+            continue
+        job_id = await redis.hget(recording_key(recording_id), "job_id")
+        if job_id and await redis.delete(in_progress_key_prefix + job_id.decode()):
+            reclaimed.append(recording_id)
+            log.warning("recording.reclaimed", recording_id=recording_id)
+    return reclaimed
+
+
+async def reclaim_loop(redis: Any, settings: Any) -> None:
+    interval = max(1.0, lease_s(settings) / 3)
+    while True:
+        try:
+            await reclaim_orphans(redis, settings)
+        except Exception:   # never let the watchdog die: the next round tries again
+            log.exception("recording.reclaim_failed")
+        await asyncio.sleep(interval)
+
+
+async def shutdown_recordings() -> None:
+    """SIGTERM: stop every FFmpeg now so each job can finalize and hand back within the platform's 30 s."""
+    await stop_all(EndReason.SHUTDOWN)
+
+
+HANDLERS = {"recording_start": recording_start}

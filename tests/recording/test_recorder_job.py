@@ -1,0 +1,170 @@
+"""Recording through real processes: web → recorder (real FFmpeg) → signed webhooks, with crashes."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bridge.recording import probe
+from bridge.store import recording_key
+from tests.conftest import WEBHOOK_SECRET, wait_until, write_config
+
+LESSON = {"id": "c12-l7", "title": "Algebra I"}
+
+
+def recorder_config(tmp_path: Path, hook_url: str) -> Path:
+    return write_config(tmp_path / "bridge.toml", f"""
+[providers.sandbox]
+kind = "sandbox"
+
+[sources.default]
+format = "canonical"
+provider = "sandbox"
+webhook_url = "{hook_url}"
+webhook_secret = "{WEBHOOK_SECRET}"
+allow_private_network = true
+
+[recording]
+dir = "{tmp_path / 'recordings'}"
+min_free_bytes = 16777216
+lease_s = 3
+progress_period_s = 0.25
+""")
+
+
+@pytest.fixture(scope="module")
+def long_source(ffbin, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("media") / "long.ts"
+    subprocess.run(
+        [ffbin.ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+         "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-f", "lavfi", "-i", "sine=frequency=440",
+         "-t", "40", "-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-pix_fmt", "yuv420p",
+         "-c:a", "aac", "-b:a", "64k", "-f", "mpegts", str(out)], check=True, timeout=120)
+    return out
+
+
+async def start(client, bridge, source_url: Path, event_id: str = "rec_1") -> None:
+    answer = await client.post(f"{bridge.base_url}/v1/events/default", json={
+        "id": event_id, "type": "recording.start", "lesson": LESSON, "data": {"source_url": str(source_url)}})
+    assert answer.status_code == 202, answer.text
+
+
+async def stop(client, bridge) -> None:
+    answer = await client.post(f"{bridge.base_url}/v1/events/default",
+                               json={"id": "stop_1", "type": "recording.stop", "lesson": LESSON})
+    assert answer.status_code == 202, answer.text
+
+
+async def recorded(redis, recording_id: str) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in (await redis.hgetall(recording_key(recording_id))).items()}
+
+
+async def recorded_at_least(redis, recording_id: str, seconds: float, part: int = 0) -> bool:
+    record = await recorded(redis, recording_id)
+    return float(record.get("recorded_s", 0)) >= seconds and int(record.get("part", -1)) >= part
+
+
+def ffmpeg_pids(recording_id: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"ffmpeg" in cmdline and recording_id.encode() in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
+async def check_file(completed: dict, ffbin) -> float:
+    data = completed["data"]
+    path = Path(data["file"])
+    assert path.is_absolute() and path.is_file() and data["container"] == "mp4"
+    assert data["bytes"] == path.stat().st_size
+    assert data["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    info = await probe(path, ffbin)
+    assert info.has_video and info.has_audio
+    assert abs(info.duration_s - data["duration_s"]) < 0.5
+    return data["duration_s"]
+
+
+async def test_pull_recording_start_and_stop_from_another_process(make_bridge, client, redis, receiver, tmp_path,
+                                                                  long_source, ffbin) -> None:
+    hook, hook_url = receiver
+    bridge = make_bridge(recorder_config(tmp_path, hook_url))
+    bridge.start_worker()
+    bridge.start_worker("recorder")
+    await start(client, bridge, long_source)
+    (started,) = await wait_until(lambda: hook.of_type("recording.started"), timeout=30)
+    recording_id = started["data"]["recording_id"]
+    await wait_until(lambda: recorded_at_least(redis, recording_id, 4), timeout=30)
+    await stop(client, bridge)                  # handled by the worker; the recorder stops FFmpeg
+    (completed,) = await wait_until(lambda: hook.of_type("recording.completed"), timeout=40)
+    duration = await check_file(completed, ffbin)
+    assert completed["data"]["recording_id"] == recording_id and completed["data"]["reason"] == "stopped"
+    assert 3.5 <= duration <= 8
+    assert Path(completed["data"]["file"]).is_relative_to(tmp_path / "recordings")
+
+
+async def test_source_that_ends_completes_with_its_full_length(make_bridge, client, redis, receiver, tmp_path,
+                                                               source_ts, ffbin) -> None:
+    hook, hook_url = receiver
+    bridge = make_bridge(recorder_config(tmp_path, hook_url))
+    bridge.start_worker("recorder")
+    await start(client, bridge, source_ts)
+    (completed,) = await wait_until(lambda: hook.of_type("recording.completed"), timeout=40)
+    assert abs(await check_file(completed, ffbin) - 8) <= 1
+
+
+async def test_sigkilled_recorder_resumes_in_a_new_part(make_bridge, client, redis, receiver, tmp_path,
+                                                        long_source, ffbin) -> None:
+    hook, hook_url = receiver
+    bridge = make_bridge(recorder_config(tmp_path, hook_url))
+    bridge.start_worker()
+    first = bridge.start_worker("recorder")
+    await start(client, bridge, long_source)
+    (started,) = await wait_until(lambda: hook.of_type("recording.started"), timeout=30)
+    recording_id = started["data"]["recording_id"]
+    await wait_until(lambda: recorded_at_least(redis, recording_id, 3), timeout=30)
+    assert ffmpeg_pids(recording_id)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    await wait_until(lambda: not ffmpeg_pids(recording_id), timeout=10)     # no orphaned FFmpeg
+    bridge.start_worker("recorder")
+    # The new recorder sees the lease lapse, takes the job back and records part 1.
+    await wait_until(lambda: recorded_at_least(redis, recording_id, 2, part=1), timeout=60)
+    await stop(client, bridge)
+    (completed,) = await wait_until(lambda: hook.of_type("recording.completed"), timeout=40)
+    assert len(completed["data"]["parts"]) >= 2
+    assert await check_file(completed, ffbin) >= 4
+
+
+async def test_sigterm_finalizes_then_the_next_recorder_continues(make_bridge, client, redis, receiver, tmp_path,
+                                                                  long_source, ffbin) -> None:
+    hook, hook_url = receiver
+    bridge = make_bridge(recorder_config(tmp_path, hook_url))
+    bridge.start_worker()
+    first = bridge.start_worker("recorder")
+    await start(client, bridge, long_source)
+    (started,) = await wait_until(lambda: hook.of_type("recording.started"), timeout=30)
+    recording_id = started["data"]["recording_id"]
+    await wait_until(lambda: recorded_at_least(redis, recording_id, 3), timeout=30)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=25) == 0
+    assert not ffmpeg_pids(recording_id)
+    assert (await recorded(redis, recording_id))["status"] == "interrupted"
+    finals = list((tmp_path / "recordings").rglob("*.mp4"))
+    assert len(finals) == 1                                   # a playable file even if no recorder comes back
+    assert (await probe(finals[0], ffbin)).duration_s >= 2.5
+    bridge.start_worker("recorder")
+    await wait_until(lambda: recorded_at_least(redis, recording_id, 2, part=1), timeout=30)
+    await stop(client, bridge)
+    (completed,) = await wait_until(lambda: hook.of_type("recording.completed"), timeout=40)
+    assert await check_file(completed, ffbin) >= 4.5
+    assert not hook.of_type("recording.failed")
+    assert completed["data"]["event_id"] == "rec_1"
