@@ -105,6 +105,13 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
+def _time_value(value: Any, name: str) -> Any:
+    """since/until in a JSON body: a string (ISO time or relative such as 2h), or nothing."""
+    if value is None or isinstance(value, str):
+        return value
+    raise ApiError(400, "invalid_filter", f"{name} must be a string", details={"parameter": name})
+
+
 def _filters(get: Callable[[str], Any], get_list: Callable[[str], list[str]]) -> rp.Filters:
     try:
         return rp.Filters.build(since=get("since"), until=get("until"), sources=get_list("source"),
@@ -176,7 +183,8 @@ async def replay_event(request: Request, settings: Settings, redis: Redis) -> Re
 
 async def replay_many(request: Request, settings: Settings, redis: Redis) -> Response:
     body = await _body(request)
-    filters = _filters(body.get, lambda name: _strings(body.get(name), name))
+    filters = _filters(lambda name: _time_value(body.get(name), name) if name in ("since", "until") else body.get(name),
+                       lambda name: _strings(body.get(name), name))
     limit = _int(body.get("limit"), "limit", DEFAULT_BULK, 1, MAX_BULK)
     dry_run = _truthy(body.get("dry_run"), "dry_run")
     events = await rp.select_from_log(redis, filters, settings.sources, limit=limit + 1)

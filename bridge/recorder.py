@@ -124,29 +124,28 @@ async def recording_start(job: Job) -> None:
                                          "source_url": source_url, "part": session.part_index})
     await job.flush()                # the LMS hears of it now, not when the lesson ends
 
-    result = await _supervise(job, recording_id, session)
-    if stream_out_id:
-        provider = await job.provider()
-        room = await job.room()
-        if room is not None:
-            await provider.stop_stream_out(job.lesson, room, stream_out_id)
-
-    if result.reason in (EndReason.SHUTDOWN, EndReason.CANCELLED):
-        # A playable file now, in case no recorder comes back; then the job goes back to the queue
-        # and the next recorder continues in a new part and joins them all at the end.
-        await session.finalize(deep_verify=False)
-        await _refresh(job, recording_id, session, "interrupted")
-        await rt.redis.delete(recording_lease_key(recording_id))
-        log.info("recording.handed_back", recording_id=recording_id, reason=str(result.reason))
-        raise Retry(defer=0.5)
-
-    final = await session.finalize()
-    await rt.redis.hset(recording_key(recording_id), mapping={"status": "completed" if final.ok else "failed",
-                                                              "updated_at": str(time.time())})
-    await rt.redis.delete(recording_lease_key(recording_id))
-    await metrics.recording_finished(rt.redis, recording_id)
-    if (await job.state(fresh=True)).get("recording") == recording_id:
-        await job.forget("recording")
+    try:
+        result = await _supervise(job, recording_id, session)
+        if stream_out_id:
+            provider = await job.provider()
+            room = await job.room()
+            if room is not None:
+                await provider.stop_stream_out(job.lesson, room, stream_out_id)
+        if result.reason in (EndReason.SHUTDOWN, EndReason.CANCELLED):
+            # A playable file now, in case no recorder comes back; then the job goes back to the queue
+            # and the next recorder continues in a new part and joins them all at the end.
+            await session.finalize(deep_verify=False)
+            await _refresh(job, recording_id, session, "interrupted")
+            await rt.redis.delete(recording_lease_key(recording_id))
+            log.info("recording.handed_back", recording_id=recording_id, reason=str(result.reason))
+            raise Retry(defer=0.5)
+        final = await session.finalize()
+    except Retry:
+        raise
+    except Exception:
+        await _close(job, recording_id, "failed")      # the job fails visibly (event.failed); no lease left
+        raise
+    await _close(job, recording_id, "completed" if final.ok else "failed")
     if final.ok:
         await job.emit("recording.completed", {
             "recording_id": recording_id, "file": str(final.file), "bytes": final.bytes,
@@ -156,6 +155,15 @@ async def recording_start(job: Job) -> None:
         await job.emit("recording.failed", {
             "recording_id": recording_id, "reason": final.reason or str(result.reason),
             "detail": result.detail, "ffmpeg_stderr": (final.stderr_tail or result.stderr_tail)[-20:]})
+
+
+async def _close(job: Job, recording_id: str, status: str) -> None:
+    redis = job.rt.redis
+    await redis.hset(recording_key(recording_id), mapping={"status": status, "updated_at": str(time.time())})
+    await redis.delete(recording_lease_key(recording_id))
+    await metrics.recording_finished(redis, recording_id)
+    if (await job.state(fresh=True)).get("recording") == recording_id:
+        await job.forget("recording")
 
 
 async def reclaim_orphans(redis: Any, settings: Any) -> list[str]:
