@@ -4,7 +4,7 @@ One web process, ONE worker process, the sandbox provider, an embedded Redis, an
 in this process. Measured in the same run:
   ceiling   an arq worker with the same settings running no-op jobs (enqueue → done), jobs/s
   bridge    events/s from POST to the signed join.ready webhook arriving at the receiver
-            (each event is two jobs: the join, then the webhook delivery over HTTP)
+            (one job per event: provider join, webhook recorded, then delivered over HTTP by that job)
 and end-to-end latency p50/p99 at a paced rate below saturation.
 
 Run: make bench-pipeline   (or .venv/bin/python bench/pipeline.py --events 3000)
@@ -35,7 +35,8 @@ from bridge.store import WORKER_QUEUE, health_check_key  # noqa: E402
 
 SECRET = "whsec_" + base64.b64encode(b"pipeline-bench-secret-32-bytes!!").decode()
 NOOP_WORKER = """
-import sys
+import asyncio
+import uvloop
 from arq.worker import Worker, func
 from bridge.store import arq_redis_settings
 from workers.settings import worker_settings
@@ -45,7 +46,8 @@ async def noop(ctx, envelope):
     return "ok"
 
 settings = worker_settings(load_settings())
-settings.update(functions=[func(noop, name="noop")], on_startup=None, on_shutdown=None)
+settings.update(functions=[func(noop, name="noop")], on_startup=None, on_shutdown=None, cron_jobs=[])
+asyncio.set_event_loop(uvloop.new_event_loop())     # the same event loop `bridge worker` runs on
 Worker(**settings).run()
 """
 
@@ -201,7 +203,7 @@ allow_private_network = true
         redis_server.stop()
 
     p50, p99 = delays[len(delays) // 2] * 1000, delays[int(len(delays) * 0.99)] * 1000
-    print(f"\nPipeline, one worker process, {args.events} events (2 jobs each: join + webhook delivery)\n")
+    print(f"\nPipeline, one worker process, {args.events} events (one job each: join, record, deliver)\n")
     print("| measurement | per second | p50 ms | p99 ms |")
     print("|---|---|---|---|")
     print(f"| arq no-op job ceiling (same worker settings) | {noop_per_s:.0f} | | |")
