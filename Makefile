@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-ingest bench-tokens bench-pipeline bench-recording clean
+.PHONY: run test lint bench bench-ingest bench-tokens bench-pipeline bench-recording bench-persistence clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,15 @@ bench-ingest: $(STAMP)
 
 bench-tokens: $(STAMP)
 	$(BIN)/python bench/tokens.py
+
+bench-pipeline: $(STAMP)
+	$(BIN)/python bench/pipeline.py
+
+bench-recording: $(STAMP)
+	$(BIN)/python bench/recording.py
+
+bench-persistence: $(STAMP)
+	$(BIN)/python bench/persistence.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -241,9 +241,13 @@ async def user_banned(job: Job) -> None:
 
 
 async def call_dial_out(job: Job) -> None:
+    """Providers cannot look up a call already placed, so a re-run must not dial again: remember it."""
     room, _ = await ensure_room(job)
     phone = job.event["data"]["phone"]
-    await (await job.provider()).dial_out(job.lesson, room, phone)
+    dialed = f"dialed:{job.ref}"
+    if dialed not in await job.state():
+        await (await job.provider()).dial_out(job.lesson, room, phone)
+        await job.save(**{dialed: phone})
     await job.emit("call.dialing", {"phone": phone})
 
 
