@@ -85,6 +85,30 @@ class SettingsError(ValueError):
         self.problem = problem
 
 
+def str_setting(settings: Mapping[str, Any], key: str, default: str | None = None, *, secret: bool = False) -> str:
+    """A required string setting (stripped unless it is a secret); the error names the key only."""
+    value = settings.get(key, default)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise SettingsError(key, "is required")
+    if not isinstance(value, str):
+        raise SettingsError(key, "must be a string")
+    return value if secret else value.strip()
+
+
+def int_setting(settings: Mapping[str, Any], key: str, default: int, lo: int, hi: int) -> int:
+    """An integer setting within [lo, hi]."""
+    value = settings.get(key, default)
+    if isinstance(value, bool):
+        raise SettingsError(key, "must be an integer")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise SettingsError(key, "must be an integer") from None
+    if not lo <= number <= hi:
+        raise SettingsError(key, f"must be between {lo} and {hi}")
+    return number
+
+
 class ProviderError(Exception):
     """A provider call failed. `retryable` decides between a retry and `event.failed`.
 

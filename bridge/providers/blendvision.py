@@ -35,7 +35,9 @@ from bridge.providers.base import (
     Room,
     SettingsError,
     User,
+    int_setting,
     raise_for_http,
+    str_setting,
     transport_error,
 )
 
@@ -48,41 +50,19 @@ TAG_PREFIX = "lesson-bridge:"
 CHATROOMS = "/bv/chatroom/v1/chatrooms"
 
 
-def _str_setting(settings: Mapping[str, Any], key: str, default: str | None = None, *, secret: bool = False) -> str:
-    value = settings.get(key, default)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise SettingsError(key, "is required")
-    if not isinstance(value, str):
-        raise SettingsError(key, "must be a string")
-    return value if secret else value.strip()
-
-
-def _int_setting(settings: Mapping[str, Any], key: str, default: int, lo: int, hi: int) -> int:
-    value = settings.get(key, default)
-    if isinstance(value, bool):
-        raise SettingsError(key, "must be an integer")
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise SettingsError(key, "must be an integer") from None
-    if not lo <= number <= hi:
-        raise SettingsError(key, f"must be between {lo} and {hi}")
-    return number
-
-
 class BlendVisionProvider(Provider):
     kind = "blendvision"
     capabilities = frozenset({Capability.ROOMS, Capability.JOIN})
 
     def __init__(self, name: str, settings: Mapping[str, Any], http: httpx.AsyncClient) -> None:
         super().__init__(name, settings, http)
-        api_base = _str_setting(settings, "api_base", DEFAULT_API_BASE)
+        api_base = str_setting(settings, "api_base", DEFAULT_API_BASE)
         if not api_base.startswith(("http://", "https://")):
             raise SettingsError("api_base", "must be an http(s) URL")
         self._api_base = api_base.rstrip("/")
-        self._api_token = _str_setting(settings, "api_token", secret=True).strip()
-        self._org_id = _str_setting(settings, "org_id")
-        self._guest_role = _str_setting(settings, "guest_role", "ROLE_VIEWER").upper()
+        self._api_token = str_setting(settings, "api_token", secret=True).strip()
+        self._org_id = str_setting(settings, "org_id")
+        self._guest_role = str_setting(settings, "guest_role", "ROLE_VIEWER").upper()
         if self._guest_role not in GUEST_ROLES:
             raise SettingsError("guest_role", f"must be one of {list(GUEST_ROLES)}")
         self._join_template = settings.get("join_url_template", "")
@@ -93,8 +73,8 @@ class BlendVisionProvider(Provider):
         except (KeyError, IndexError, ValueError):
             raise SettingsError("join_url_template",
                                 "placeholders are {chatroom_id} {token} {role} {user_id}") from None
-        self._page_size = _int_setting(settings, "page_size", 100, 1, 1000)
-        self._max_pages = _int_setting(settings, "max_lookup_pages", 50, 1, 10000)
+        self._page_size = int_setting(settings, "page_size", 100, 1, 1000)
+        self._max_pages = int_setting(settings, "max_lookup_pages", 50, 1, 10000)
         # Prepared once: the same headers go on every authorised call.
         self._headers = {"Authorization": f"Bearer {self._api_token}", "x-bv-org-id": self._org_id,
                          "Accept": "application/json"}

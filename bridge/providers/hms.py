@@ -40,7 +40,9 @@ from bridge.providers.base import (
     Room,
     SettingsError,
     User,
+    int_setting,
     raise_for_http,
+    str_setting,
     transport_error,
 )
 
@@ -189,31 +191,11 @@ def _contains(actual: Any, wanted: Any) -> bool:
     return actual == wanted
 
 
-def _str_setting(settings: Mapping[str, Any], key: str, default: str | None = None, *, secret: bool = False) -> str:
-    value = settings.get(key, default)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise SettingsError(key, "is required")
-    if not isinstance(value, str):
-        raise SettingsError(key, "must be a string")
-    return value if secret else value.strip()
-
-
 def _url_setting(settings: Mapping[str, Any], key: str, default: str) -> str:
-    value = _str_setting(settings, key, default)
+    value = str_setting(settings, key, default)
     if not value.startswith(("http://", "https://")):
         raise SettingsError(key, "must be an http(s) URL")
     return value.rstrip("/")
-
-
-def _int_setting(settings: Mapping[str, Any], key: str, default: int, lo: int, hi: int) -> int:
-    value = settings.get(key, default)
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise SettingsError(key, "must be an integer") from None
-    if isinstance(value, bool) or not lo <= number <= hi:
-        raise SettingsError(key, f"must be between {lo} and {hi}")
-    return number
 
 
 class HmsProvider(Provider):
@@ -222,24 +204,24 @@ class HmsProvider(Provider):
 
     def __init__(self, name: str, settings: Mapping[str, Any], http: httpx.AsyncClient) -> None:
         super().__init__(name, settings, http)
-        self._access_key = _str_setting(settings, "access_key")
-        secret = _str_setting(settings, "app_secret", secret=True)
+        self._access_key = str_setting(settings, "access_key")
+        secret = str_setting(settings, "app_secret", secret=True)
         self._app_secret = secret.encode()          # HS256 key, prepared once
         self._secrets = (secret, self._access_key)  # scrubbed from any provider text we pass on
         self._api_base = _url_setting(settings, "api_base", DEFAULT_API_BASE)
         self._policy_base = _url_setting(settings, "policy_base", DEFAULT_POLICY_BASE)
         self._join_base = _url_setting(settings, "join_base", DEFAULT_JOIN_BASE)
-        self._join_template = _str_setting(settings, "join_url_template", DEFAULT_JOIN_TEMPLATE)
+        self._join_template = str_setting(settings, "join_url_template", DEFAULT_JOIN_TEMPLATE)
         try:
             self._join_template.format(join_base="", room_id="", room_name="", role="", token="", user_id="")
         except (KeyError, IndexError, ValueError):
             raise SettingsError("join_url_template", "placeholders are {join_base} {room_id} {room_name} "
                                                      "{role} {token} {user_id}") from None
-        self._token_ttl = _int_setting(settings, "token_ttl_s", 86400, 60, 7 * 86400)
-        self._mgmt_ttl = _int_setting(settings, "management_token_ttl_s", _MGMT_TTL_S, 600, 86400)
+        self._token_ttl = int_setting(settings, "token_ttl_s", 86400, 60, 7 * 86400)
+        self._mgmt_ttl = int_setting(settings, "management_token_ttl_s", _MGMT_TTL_S, 600, 86400)
 
-        self.teacher_role = _str_setting(settings, "teacher_role", "teacher")
-        self.student_role = _str_setting(settings, "student_role", "student")
+        self.teacher_role = str_setting(settings, "teacher_role", "teacher")
+        self.student_role = str_setting(settings, "student_role", "student")
         if self.teacher_role == self.student_role:
             raise SettingsError("student_role", "must differ from teacher_role")
 
@@ -248,7 +230,7 @@ class HmsProvider(Provider):
             raise SettingsError("template_id", "must be a non-empty string")
         # With template_id the template is managed by the operator: used as is, never modified.
         self._template_id: str | None = template_id.strip() if template_id else None
-        self.template_name = _str_setting(settings, "template", DEFAULT_TEMPLATE_NAME)
+        self.template_name = str_setting(settings, "template", DEFAULT_TEMPLATE_NAME)
         if not _TEMPLATE_NAME_RE.match(self.template_name):
             raise SettingsError("template", "accepted characters are a-z A-Z 0-9 . - : _")
         region = settings.get("region")

@@ -37,7 +37,9 @@ from bridge.providers.base import (
     Room,
     SettingsError,
     User,
+    int_setting,
     raise_for_http,
+    str_setting,
     transport_error,
 )
 
@@ -70,52 +72,30 @@ class _NotAllowed(Exception):
     """HTTP 500 error.notallowed: the SID expired (or the user lacks the right)."""
 
 
-def _str_setting(settings: Mapping[str, Any], key: str, default: str | None = None, *, secret: bool = False) -> str:
-    value = settings.get(key, default)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise SettingsError(key, "is required")
-    if not isinstance(value, str):
-        raise SettingsError(key, "must be a string")
-    return value if secret else value.strip()
-
-
-def _int_setting(settings: Mapping[str, Any], key: str, default: int, lo: int, hi: int) -> int:
-    value = settings.get(key, default)
-    if isinstance(value, bool):
-        raise SettingsError(key, "must be an integer")
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise SettingsError(key, "must be an integer") from None
-    if not lo <= number <= hi:
-        raise SettingsError(key, f"must be between {lo} and {hi}")
-    return number
-
-
 class OpenMeetingsProvider(Provider):
     kind = "openmeetings"
     capabilities = frozenset({Capability.ROOMS, Capability.JOIN, Capability.KICK, Capability.END_ROOM})
 
     def __init__(self, name: str, settings: Mapping[str, Any], http: httpx.AsyncClient) -> None:
         super().__init__(name, settings, http)
-        base = _str_setting(settings, "base_url")
+        base = str_setting(settings, "base_url")
         if not base.startswith(("http://", "https://")):
             raise SettingsError("base_url", "must be an http(s) URL such as https://om.example/openmeetings")
         self._base = base.rstrip("/")
         self._services = f"{self._base}/services"
-        self._user = _str_setting(settings, "user")
-        self._password = _str_setting(settings, "password", secret=True)
-        self._external_type = _str_setting(settings, "external_type", "LessonBridge")
+        self._user = str_setting(settings, "user")
+        self._password = str_setting(settings, "password", secret=True)
+        self._external_type = str_setting(settings, "external_type", "LessonBridge")
         if "/" in self._external_type:
             raise SettingsError("external_type", "must not contain '/'")
-        self._room_type = _str_setting(settings, "room_type", "CONFERENCE").upper()
+        self._room_type = str_setting(settings, "room_type", "CONFERENCE").upper()
         if self._room_type not in ROOM_TYPES:
             raise SettingsError("room_type", f"must be one of {list(ROOM_TYPES)}")
-        self._capacity = _int_setting(settings, "room_capacity", 50, 1, 10000)
-        self._hash_ttl = _int_setting(settings, "hash_ttl_s", 3600, 60, 7 * 86400)
+        self._capacity = int_setting(settings, "room_capacity", 50, 1, 10000)
+        self._hash_ttl = int_setting(settings, "hash_ttl_s", 3600, 60, 7 * 86400)
         language = settings.get("language")
         if language is not None:
-            language = _int_setting(settings, "language", 1, 1, 1000)
+            language = int_setting(settings, "language", 1, 1, 1000)
         self._language: int | None = language
         self._show_av_test = settings.get("show_audio_video_test", True)
         if not isinstance(self._show_av_test, bool):
