@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import html
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import jwt
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,6 +24,7 @@ from bridge.admin import admin_routes
 from bridge.config import Settings
 from bridge.errors import ApiError, error_response
 from bridge.intake import AcceptBatcher, receive
+from bridge.providers.sandbox import SandboxProvider
 from bridge.store import ACCEPT_SCRIPT, WORKER_QUEUE, health_check_key, redis_client
 
 log = structlog.get_logger("bridge.web")
@@ -97,6 +100,21 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
             return error_response(503, "no_worker", "no worker heartbeat in the last 30 seconds")
         return JSONResponse({"status": "ready"})
 
+    async def sandbox_room(request: Request) -> Response:
+        """Where sandbox join links lead: shows who joined which room, so `make run` has a page to open."""
+        room, token = request.path_params["room"], request.query_params.get("token", "")
+        for cfg in settings.providers.values():
+            if cfg.kind == "sandbox":
+                try:
+                    claims = SandboxProvider(cfg.name, cfg.settings, None).verify_join(room, token)  # type: ignore[arg-type]
+                except jwt.InvalidTokenError as exc:
+                    return error_response(401, "bad_token", f"the join token is not valid for this room: {exc}")
+                return HTMLResponse(f"<!doctype html><title>{html.escape(room)}</title>"
+                                    f"<h1>Sandbox room {html.escape(room)}</h1>"
+                                    f"<p>{html.escape(str(claims.get('name') or claims.get('sub')))} joined as "
+                                    f"<b>{html.escape(str(claims.get('role')))}</b>.</p>")
+        return error_response(404, "not_found", "no sandbox provider is configured")
+
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
@@ -109,6 +127,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics.endpoint, methods=["GET"]),
         Route("/openapi.json", openapi.endpoint(settings), methods=["GET"]),
+        Route("/sandbox/{room}", sandbox_room, methods=["GET"]),
     ]
     routes += admin_routes(settings)      # /v1/admin/: 404 everywhere unless BRIDGE_ADMIN_TOKEN is set
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})

@@ -443,6 +443,18 @@ def document(settings: Settings, admin: bool = False) -> Schema:
             paths[f"/v1/events/{source.name}"] = {"post": _source_operation(source, settings)}
     status_ok = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}
     paths.update({
+        "/sandbox/{room}": {"get": {
+            "operationId": "sandboxRoom", "summary": "Where sandbox join links lead (a page naming who joined).",
+            "tags": ["operations"],
+            "parameters": [{"name": "room", "in": "path", "required": True, "schema": {"type": "string"}},
+                           {"name": "token", "in": "query", "required": False, "schema": {"type": "string"}}],
+            "responses": {
+                "200": {"description": "The token is valid for this room.", "content": {"text/html": {
+                    "schema": {"type": "string"}}}},
+                "401": _error(401, "The join token is missing, invalid, expired or for another room."),
+                "404": _error(404, "No sandbox provider is configured."),
+            },
+        }},
         "/healthz": {"get": {
             "operationId": "healthz", "summary": "Liveness: the web process answers.", "tags": ["operations"],
             "responses": {"200": {"description": "Alive.", "content": _json({**status_ok, "properties": {

@@ -268,3 +268,16 @@ async def test_redis_down_is_503_then_accepted_after_restart_with_nothing_lost(m
     ids = [json.loads(f[b"canonical"])["id"] for _, f in await redis.xrange(EVENT_LOG)]
     assert ids == ["evt_1", "evt_2"]
     assert await redis.zcard(WORKER_QUEUE) == 2
+
+
+async def test_sandbox_join_link_opens_a_page_only_with_its_token(make_bridge, client, redis) -> None:
+    bridge = make_bridge()
+    bridge.start_worker()
+    answer = await client.post(f"{bridge.base_url}/v1/events/default?wait=10", json=EVENT)
+    token = answer.json()["webhooks"][0]["data"]["token"]
+    page = await client.get(f"{bridge.base_url}/sandbox/c12-l7", params={"token": token})
+    assert page.status_code == 200 and "Ada Lovelace" in page.text and "moderator" in page.text
+    other_room = await client.get(f"{bridge.base_url}/sandbox/another-room", params={"token": token})
+    forged = await client.get(f"{bridge.base_url}/sandbox/c12-l7", params={"token": token[:-4] + "AAAA"})
+    assert other_room.status_code == forged.status_code == 401
+    assert forged.json()["error"]["code"] == "bad_token"
