@@ -33,6 +33,7 @@ from bridge.sources.canonical import iso
 from bridge.store import (
     DEAD_LETTERS,
     FAILED_DELIVERIES,
+    JOB_EXPIRES_MS,
     WORKER_QUEUE,
     attempts_key,
     delivery_key,
@@ -256,6 +257,7 @@ async def deliver_outbound(redis: ArqRedis, http: httpx.AsyncClient, settings: S
     log.info("webhook.attempt", webhook_id=msg_id, event_ref=outbound.ref, attempt=number,
              status=result.status, error=result.error, ms=entry["ms"], outcome=status)
     if status == "failed":
+        # arq's default expiry (the delay + 1 day) would drop a retry queued through a long worker outage.
         await redis.enqueue_job("deliver_webhook", msg_id, number + 1, _job_id=f"{msg_id}:{number + 1}",
-                                _defer_by=delay, _queue_name=WORKER_QUEUE)
+                                _defer_by=delay, _queue_name=WORKER_QUEUE, _expires=delay + JOB_EXPIRES_MS / 1000)
     return status
