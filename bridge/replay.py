@@ -32,6 +32,7 @@ from bridge.routing import JOBS_BY_TYPE, event_ref, plan
 from bridge.sources import FORMATS, InvalidEvent
 from bridge.sources.canonical import iso
 from bridge.store import (
+    ENQUEUE_JOBS_LUA,
     EVENT_LOG,
     JOB_EXPIRES_MS,
     JobSpec,
@@ -75,14 +76,7 @@ for _ = 1, tonumber(ARGV[1]) do
   redis.call('EXPIRE', index, ARGV[2])
   local njobs = tonumber(ARGV[a + 12])
   a = a + 13
-  for _ = 1, njobs do
-    if redis.call('EXISTS', KEYS[k], KEYS[k + 1]) == 0 then
-      redis.call('PSETEX', KEYS[k], ARGV[a + 3], ARGV[a + 1])
-      redis.call('ZADD', KEYS[k + 2], ARGV[a + 2], ARGV[a])
-    end
-    k = k + 3
-    a = a + 4
-  end
+""" + ENQUEUE_JOBS_LUA + """
   out[#out + 1] = entry
 end
 return out

@@ -107,6 +107,20 @@ def health_check_key(queue: str) -> str:
     return f"{queue}:health-check"
 
 
+# Writes `njobs` arq jobs as arq's own enqueue_job does, skipping an id that is queued or has a result.
+# Reads KEYS[k..] (job key, result key, queue key per job) and ARGV[a..] (job id, payload, score,
+# expires ms per job), advancing k and a. Shared by the accept and replay scripts.
+ENQUEUE_JOBS_LUA = """
+for _ = 1, njobs do
+  if redis.call('EXISTS', KEYS[k], KEYS[k + 1]) == 0 then
+    redis.call('PSETEX', KEYS[k], ARGV[a + 3], ARGV[a + 1])
+    redis.call('ZADD', KEYS[k + 2], ARGV[a + 2], ARGV[a])
+  end
+  k = k + 3
+  a = a + 4
+end
+"""
+
 # The shebang makes Redis 7+ refuse the whole script up front when out of memory, instead of
 # failing at a write half way through (scripts are not rolled back).
 ACCEPT_SCRIPT = """#!lua
@@ -132,14 +146,7 @@ for _ = 1, tonumber(ARGV[2]) do
       'received_at', ARGV[a + 2], 'raw', ARGV[a + 3], 'canonical', ARGV[a + 4], 'jobs', ARGV[a + 5])
     redis.call('SET', seen, entry, 'PX', ttl)
     a = a + 7
-    for _ = 1, njobs do
-      if redis.call('EXISTS', KEYS[k], KEYS[k + 1]) == 0 then
-        redis.call('PSETEX', KEYS[k], ARGV[a + 3], ARGV[a + 1])
-        redis.call('ZADD', KEYS[k + 2], ARGV[a + 2], ARGV[a])
-      end
-      k = k + 3
-      a = a + 4
-    end
+""" + ENQUEUE_JOBS_LUA + """
     out[#out + 1] = entry
     out[#out + 1] = 1
   end
