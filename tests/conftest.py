@@ -92,10 +92,11 @@ class Bridge:
     def __init__(self, base_url: str, config: Path, redis_url: str, tmp_path: Path) -> None:
         self.base_url, self.config, self.redis_url, self.tmp_path = base_url, config, redis_url, tmp_path
         self.workers: list[subprocess.Popen[bytes]] = []
+        self.extra_env: dict[str, str] = {}
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "BRIDGE_CONFIG": str(self.config), "REDIS_URL": self.redis_url,
-                "PYTHONPATH": str(ROOT)}
+                "PYTHONPATH": str(ROOT), **self.extra_env}
 
     def start_worker(self, kind: str = "worker") -> subprocess.Popen[bytes]:
         log = open(self.tmp_path / f"{kind}-{len(self.workers)}.log", "wb")
