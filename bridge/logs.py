@@ -46,6 +46,19 @@ def configure(level: str = "INFO") -> None:
         logger_factory=structlog.BytesLoggerFactory(file=sys.stdout.buffer),
         cache_logger_on_first_use=True,
     )
-    # arq and uvicorn log through the standard library: one JSON-free line each is fine, on stderr.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
-    logging.getLogger("arq").setLevel(logging.WARNING)
+    # Provider adapters, the recording engine, arq and uvicorn log through the standard library: render
+    # those as the same JSON lines (scrubbed too). Our own modules at `level`, libraries at WARNING
+    # (httpx logs request URLs at INFO, and some providers put credentials in query strings).
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.contextvars.merge_contextvars, structlog.stdlib.add_logger_name,
+                           structlog.processors.add_log_level,
+                           structlog.processors.TimeStamper(fmt="iso", utc=True), structlog.stdlib.ExtraAdder()],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, scrub_secrets,
+                    structlog.processors.format_exc_info,
+                    structlog.processors.JSONRenderer(serializer=lambda obj, **_: orjson.dumps(obj).decode())],
+    ))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("bridge").setLevel(logging.getLevelName(level))
