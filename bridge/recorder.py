@@ -107,24 +107,8 @@ async def recording_start(job: Job) -> None:
         await session.start()
     except RecordingError as exc:
         raise ProviderError(exc.code, str(exc), retryable=False) from None
-    await job.save(recording=recording_id)
-    await rt.redis.hset(recording_key(recording_id), mapping={
-        "lesson": job.lesson_key, "job_id": f"{job.ref}:recording_start", "push_url": session.push_url or "",
-        "source_url": source_url or "", "event_id": job.event["id"], "source": job.source.name})
-    await _refresh(job, recording_id, session, "recording")
-    await metrics.recording_started(rt.redis, recording_id)
-
-    stream_out_id = None
-    if session.push_url:
-        provider = await job.provider()
-        if provider.supports(Capability.STREAM_OUT) and data.get("stream_out", True):
-            room, _ = await ensure_room(job)
-            stream_out_id = await provider.start_stream_out(job.lesson, room, session.push_url)
-    await job.emit("recording.started", {"recording_id": recording_id, "push_url": session.push_url,
-                                         "source_url": source_url, "part": session.part_index})
-    await job.flush()                # the LMS hears of it now, not when the lesson ends
-
     try:
+        stream_out_id = await _announce(job, recording_id, session, source_url)
         result = await _supervise(job, recording_id, session)
         if stream_out_id:
             provider = await job.provider()
@@ -143,6 +127,8 @@ async def recording_start(job: Job) -> None:
     except Retry:
         raise
     except Exception:
+        if not session.done:
+            await session.stop(EndReason.ERROR)           # never leave an FFmpeg behind a failed job
         await _close(job, recording_id, "failed")      # the job fails visibly (event.failed); no lease left
         raise
     await _close(job, recording_id, "completed" if final.ok else "failed")
@@ -155,6 +141,27 @@ async def recording_start(job: Job) -> None:
         await job.emit("recording.failed", {
             "recording_id": recording_id, "reason": final.reason or str(result.reason),
             "detail": result.detail, "ffmpeg_stderr": (final.stderr_tail or result.stderr_tail)[-20:]})
+
+
+async def _announce(job: Job, recording_id: str, session: RecordingSession, source_url: str | None) -> str | None:
+    """Record the running recording, point the provider's stream at a listener, tell the LMS now."""
+    rt, data = job.rt, job.event.get("data") or {}
+    await job.save(recording=recording_id)
+    await rt.redis.hset(recording_key(recording_id), mapping={
+        "lesson": job.lesson_key, "job_id": f"{job.ref}:recording_start", "push_url": session.push_url or "",
+        "source_url": source_url or "", "event_id": job.event["id"], "source": job.source.name})
+    await _refresh(job, recording_id, session, "recording")
+    await metrics.recording_started(rt.redis, recording_id)
+    stream_out_id = None
+    if session.push_url:
+        provider = await job.provider()
+        if provider.supports(Capability.STREAM_OUT) and data.get("stream_out", True):
+            room, _ = await ensure_room(job)
+            stream_out_id = await provider.start_stream_out(job.lesson, room, session.push_url)
+    await job.emit("recording.started", {"recording_id": recording_id, "push_url": session.push_url,
+                                         "source_url": source_url, "part": session.part_index})
+    await job.flush()                # the LMS hears of it now, not when the lesson ends
+    return stream_out_id
 
 
 async def _close(job: Job, recording_id: str, status: str) -> None:

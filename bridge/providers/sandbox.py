@@ -20,7 +20,8 @@ from bridge.providers.base import Capability, JoinGrant, Lesson, Provider, Room,
 
 class SandboxProvider(Provider):
     kind = "sandbox"
-    capabilities = frozenset(Capability)
+    # Everything but streaming out: in listen mode a plugin developer pushes to the handed-out URL herself.
+    capabilities = frozenset(Capability) - {Capability.STREAM_OUT}
 
     def __init__(self, name: str, settings: Mapping[str, Any], http: httpx.AsyncClient) -> None:
         super().__init__(name, settings, http)

@@ -9,9 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from bridge.recorder import recording_id_for
 from bridge.recording import probe
 from bridge.store import recording_key
 from tests.conftest import WEBHOOK_SECRET, wait_until, write_config
+from tests.fakes.owt_sim import OwtSim
+from tests.fakes.server import serve
+from tests.recording.conftest import running
 
 LESSON = {"id": "c12-l7", "title": "Algebra I"}
 
@@ -168,3 +172,48 @@ async def test_sigterm_finalizes_then_the_next_recorder_continues(make_bridge, c
     assert await check_file(completed, ffbin) >= 4.5
     assert not hook.of_type("recording.failed")
     assert completed["data"]["event_id"] == "rec_1"
+
+
+async def test_listen_mode_hands_out_a_push_url_that_records(make_bridge, client, redis, receiver, tmp_path,
+                                                             source_ts, ffbin) -> None:
+    hook, hook_url = receiver
+    bridge = make_bridge(recorder_config(tmp_path, hook_url))
+    bridge.start_worker("recorder")
+    answer = await client.post(f"{bridge.base_url}/v1/events/default", json={
+        "id": "rec_push", "type": "recording.start", "lesson": LESSON})       # no source_url: listen
+    assert answer.status_code == 202
+    (started,) = await wait_until(lambda: hook.of_type("recording.started"), timeout=30)
+    push_url = started["data"]["push_url"]
+    assert push_url.startswith("rtmp://127.0.0.1:")
+    with running([ffbin.ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-re", "-t", "4",
+                  "-i", str(source_ts), "-c", "copy", "-f", "flv", push_url]):
+        (completed,) = await wait_until(lambda: hook.of_type("recording.completed"), timeout=40)
+    assert completed["data"]["reason"] == "source_ended"
+    assert abs(await check_file(completed, ffbin) - 4) <= 1
+
+
+async def test_a_failed_stream_out_leaves_no_ffmpeg_behind(make_bridge, client, redis, receiver, tmp_path,
+                                                           ffbin) -> None:
+    hook, hook_url = receiver
+    sim = OwtSim("5f0c1a2b3c4d5e6f7a8b9c0d", "owt-service-key-for-tests")
+    with serve(sim.app) as owt_url:
+        config = recorder_config(tmp_path, hook_url)
+        config.write_text(config.read_text().replace('[providers.sandbox]\nkind = "sandbox"', f"""
+[providers.owt]
+kind = "owt"
+base_url = "{owt_url}"
+service_id = "5f0c1a2b3c4d5e6f7a8b9c0d"
+service_key = "owt-service-key-for-tests"
+""").replace('provider = "sandbox"', 'provider = "owt"'))
+        bridge = make_bridge(config)
+        bridge.start_worker("recorder")
+        sim.fail_next(1, status=400, body={"error": {"code": 1201, "message": "bad url"}},
+                      path_contains="streaming-outs")
+        answer = await client.post(f"{bridge.base_url}/v1/events/default", json={
+            "id": "rec_owt", "type": "recording.start", "lesson": LESSON})        # listen + OWT streaming-out
+        assert answer.status_code == 202
+        (failed,) = await wait_until(lambda: hook.of_type("event.failed"), timeout=30)
+    assert failed["data"]["error"]["code"] == "1201"
+    recording_id = recording_id_for("default:rec_owt")
+    assert not ffmpeg_pids(recording_id)
+    assert (await recorded(redis, recording_id))["status"] == "failed"
