@@ -140,13 +140,13 @@ async def ensure_room(job: Job) -> tuple[Room, bool]:
         return room, True
 
 
-async def _room_webhook_data(job: Job, room: Room) -> dict[str, Any]:
+def _room_webhook_data(job: Job, room: Room) -> dict[str, Any]:
     return {"room_id": room.id, "room_name": room.name, "title": job.lesson.title}
 
 
 async def lesson_scheduled(job: Job) -> None:
     room, created = await ensure_room(job)
-    await job.emit("room.created", {**await _room_webhook_data(job, room), "created": created})
+    await job.emit("room.created", {**_room_webhook_data(job, room), "created": created})
 
 
 async def lesson_updated(job: Job) -> None:
@@ -156,13 +156,13 @@ async def lesson_updated(job: Job) -> None:
         if provider.supports(Capability.ROOMS):
             room = await provider.update_room(job.lesson, room)
         await job.save(room=_room_json(room), title=job.lesson.title)
-    await job.emit("room.updated", await _room_webhook_data(job, room))
+    await job.emit("room.updated", _room_webhook_data(job, room))
 
 
 async def lesson_started(job: Job) -> None:
     room, _ = await ensure_room(job)
     await job.save(status="started")
-    await job.emit("room.updated", {**await _room_webhook_data(job, room), "status": "started"})
+    await job.emit("room.updated", {**_room_webhook_data(job, room), "status": "started"})
 
 
 async def _close(job: Job, status: str, webhook_type: str, operation: Callable[[Provider, Lesson, Room],

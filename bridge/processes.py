@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import os
 import signal
 import socket
 import time
@@ -35,13 +34,3 @@ def wait_for_port(port: int, timeout_s: float) -> bool:
         except OSError:
             time.sleep(0.02)
     return False
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

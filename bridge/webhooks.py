@@ -92,13 +92,14 @@ async def emit(redis: ArqRedis, source: SourceConfig, ref: str, webhook_type: st
     Returns the webhook id and, while its first attempt is still to be made, what to send.
     """
     msg_id = webhook_id(ref, webhook_type, discriminator)
-    payload = json.dumps({"type": webhook_type, "timestamp": iso(datetime.now(UTC)), "data": data},
+    now = iso(datetime.now(UTC))
+    payload = json.dumps({"type": webhook_type, "timestamp": now, "data": data},
                          separators=(",", ":"))
     deliver = bool(source.webhook_url) and wants(source, webhook_type)
     status = "pending" if deliver else "not_sent"
     current, stored, disabled = await redis.eval(
         RECORD_SCRIPT, 3, delivery_key(msg_id), produced_key(ref), endpoint_disabled_key(source.name), payload,
-        source.name, webhook_type, ref, status, iso(datetime.now(UTC)), RECORD_TTL_S, msg_id)
+        source.name, webhook_type, ref, status, now, RECORD_TTL_S, msg_id)
     if current != b"pending":
         return msg_id, None
     return msg_id, Outbound(msg_id, stored, ref, bool(disabled))

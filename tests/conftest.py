@@ -136,9 +136,11 @@ def make_bridge(redis_server: EmbeddedRedis, redis: aioredis.Redis,
                 tmp_path: Path) -> Iterator[Callable[..., Bridge]]:
     started: list[tuple[Bridge, Any]] = []
 
-    def make(config: Path | None = None, webhook_url: str | None = None, extra: str = "") -> Bridge:
+    def make(config: Path | None = None, webhook_url: str | None = None, extra: str = "",
+             env: dict[str, str] | None = None) -> Bridge:
+        """`env`: more environment for the web app (e.g. BRIDGE_ADMIN_TOKEN)."""
         config = config or default_config(tmp_path, webhook_url, extra)
-        settings = load_settings({"BRIDGE_CONFIG": str(config), "REDIS_URL": redis_server.url})
+        settings = load_settings({"BRIDGE_CONFIG": str(config), "REDIS_URL": redis_server.url, **(env or {})})
         context = serve(create_app(settings), lifespan=True)
         base = context.__enter__()
         bridge = Bridge(base, config, redis_server.url, tmp_path)

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from bridge.app import create_app
-from bridge.config import load_settings
-from bridge.embedded import EmbeddedRedis
-from tests.conftest import Bridge, default_config, wait_until, worker_ready
-from tests.fakes.server import serve
+from tests.conftest import Bridge, wait_until, worker_ready
 from tests.test_replay import all_final, joined, scheduled
 
 TOKEN = "admin-token-5b1e0c2f9d"
@@ -28,23 +23,9 @@ ADMIN_PATHS = [
 
 
 @pytest.fixture
-def admin_bridge(redis_server: EmbeddedRedis, redis, tmp_path: Path) -> Iterator[Callable[..., Bridge]]:
-    """Like make_bridge, with BRIDGE_ADMIN_TOKEN set for the web app."""
-    started: list[tuple[Bridge, Any]] = []
-
-    def make(webhook_url: str | None = None) -> Bridge:
-        config = default_config(tmp_path, webhook_url)
-        settings = load_settings({"BRIDGE_CONFIG": str(config), "REDIS_URL": redis_server.url,
-                                  "BRIDGE_ADMIN_TOKEN": TOKEN})
-        context = serve(create_app(settings), lifespan=True)
-        bridge = Bridge(context.__enter__(), config, redis_server.url, tmp_path)
-        started.append((bridge, context))
-        return bridge
-
-    yield make
-    for bridge, context in started:
-        bridge.stop_all()
-        context.__exit__(None, None, None)
+def admin_bridge(make_bridge: Callable[..., Bridge]) -> Callable[..., Bridge]:
+    """make_bridge with BRIDGE_ADMIN_TOKEN set for the web app."""
+    return lambda webhook_url=None: make_bridge(webhook_url=webhook_url, env={"BRIDGE_ADMIN_TOKEN": TOKEN})
 
 
 def assert_error(answer: httpx.Response, status: int, code: str) -> dict[str, Any]:

@@ -641,13 +641,30 @@ class OwtProvider(Provider):
 
     # ------------------------------------------------------------------ participants
 
-    async def list_participants(self, room: Room, *, absent_ok: bool = False) -> list[dict[str, Any]]:
-        data = await self._json("GET", self._room_path(room, "participants"), absent_ok=absent_ok)
+    async def _list(self, room: Room, collection: str, *, absent_ok: bool = False) -> list[dict[str, Any]]:
+        """GET a room's collection (participants, streams, streaming-outs, recordings) as a list of objects."""
+        data = await self._json("GET", self._room_path(room, collection), absent_ok=absent_ok)
         if data is None:
             return []
         if not isinstance(data, list):
-            raise ProviderError("bad_response", "owt participant list is not a list", retryable=False)
-        return [p for p in data if isinstance(p, dict)]
+            raise ProviderError("bad_response", f"owt {collection} list is not a list", retryable=False)
+        return [item for item in data if isinstance(item, dict)]
+
+    async def _start_from_mix(self, room: Room, collection: str, body: dict[str, Any], what: str) -> str:
+        """POST a streaming-out or recording fed by the room's mixed stream; returns its id."""
+        mix = await self._mixed_stream(room)
+        body = {**body, "media": {"audio": {"from": mix}, "video": {"from": mix}}}
+        return self._id_of(await self._json("POST", self._room_path(room, collection), json_body=body), what)
+
+    async def _update_output(self, room: Room, collection: str, output_id: str, items: list[dict[str, Any]]
+                             ) -> dict[str, Any]:
+        problems = validate_subscription_update(items)
+        if problems:
+            raise _invalid("invalid_request", problems)
+        return await self._json("PATCH", self._room_path(room, collection, output_id), json_body=items)
+
+    async def list_participants(self, room: Room, *, absent_ok: bool = False) -> list[dict[str, Any]]:
+        return await self._list(room, "participants", absent_ok=absent_ok)
 
     async def get_participant(self, room: Room, participant_id: str) -> dict[str, Any]:
         return await self._json("GET", self._room_path(room, "participants", participant_id))
@@ -675,10 +692,7 @@ class OwtProvider(Provider):
     # ------------------------------------------------------------------ streams and streaming-ins
 
     async def list_streams(self, room: Room) -> list[dict[str, Any]]:
-        data = await self._json("GET", self._room_path(room, "streams"))
-        if not isinstance(data, list):
-            raise ProviderError("bad_response", "owt stream list is not a list", retryable=False)
-        return [s for s in data if isinstance(s, dict)]
+        return await self._list(room, "streams")
 
     async def get_stream(self, room: Room, stream_id: str) -> dict[str, Any]:
         return await self._json("GET", self._room_path(room, "streams", stream_id))
@@ -737,10 +751,7 @@ class OwtProvider(Provider):
     # ------------------------------------------------------------------ streaming-outs
 
     async def list_stream_outs(self, room: Room) -> list[dict[str, Any]]:
-        data = await self._json("GET", self._room_path(room, "streaming-outs"))
-        if not isinstance(data, list):
-            raise ProviderError("bad_response", "owt streaming-out list is not a list", retryable=False)
-        return [s for s in data if isinstance(s, dict)]
+        return await self._list(room, "streaming-outs")
 
     async def start_stream_out(self, lesson: Lesson, room: Room, url: str) -> str:
         """Push the room's mixed stream to `url`; an existing streaming-out to the same URL is reused."""
@@ -750,17 +761,11 @@ class OwtProvider(Provider):
         for existing in await self.list_stream_outs(room):
             if existing.get("url") == url:
                 return self._id_of(existing, "streaming-out")
-        mix = await self._mixed_stream(room)
-        body = {"url": url, "media": {"audio": {"from": mix}, "video": {"from": mix}}}
-        return self._id_of(await self._json("POST", self._room_path(room, "streaming-outs"), json_body=body),
-                           "streaming-out")
+        return await self._start_from_mix(room, "streaming-outs", {"url": url}, "streaming-out")
 
     async def update_stream_out(self, room: Room, stream_out_id: str, items: list[dict[str, Any]]
                                 ) -> dict[str, Any]:
-        problems = validate_subscription_update(items)
-        if problems:
-            raise _invalid("invalid_request", problems)
-        return await self._json("PATCH", self._room_path(room, "streaming-outs", stream_out_id), json_body=items)
+        return await self._update_output(room, "streaming-outs", stream_out_id, items)
 
     async def stop_stream_out(self, lesson: Lesson, room: Room, stream_out_id: str) -> None:
         await self._send("DELETE", self._room_path(room, "streaming-outs", stream_out_id), absent_ok=True)
@@ -768,10 +773,7 @@ class OwtProvider(Provider):
     # ------------------------------------------------------------------ recordings
 
     async def list_recordings(self, room: Room) -> list[dict[str, Any]]:
-        data = await self._json("GET", self._room_path(room, "recordings"))
-        if not isinstance(data, list):
-            raise ProviderError("bad_response", "owt recording list is not a list", retryable=False)
-        return [r for r in data if isinstance(r, dict)]
+        return await self._list(room, "recordings")
 
     async def start_recording(self, lesson: Lesson, room: Room, container: str | None = None) -> str:
         """One server-side recording per lesson: an ongoing one is returned instead of a second."""
@@ -781,17 +783,11 @@ class OwtProvider(Provider):
         ongoing = await self.list_recordings(room)
         if ongoing:
             return self._id_of(ongoing[0], "recording")
-        mix = await self._mixed_stream(room)
-        body = {"container": container, "media": {"audio": {"from": mix}, "video": {"from": mix}}}
-        return self._id_of(await self._json("POST", self._room_path(room, "recordings"), json_body=body),
-                           "recording")
+        return await self._start_from_mix(room, "recordings", {"container": container}, "recording")
 
     async def update_recording(self, room: Room, recording_id: str, items: list[dict[str, Any]]
                                ) -> dict[str, Any]:
-        problems = validate_subscription_update(items)
-        if problems:
-            raise _invalid("invalid_request", problems)
-        return await self._json("PATCH", self._room_path(room, "recordings", recording_id), json_body=items)
+        return await self._update_output(room, "recordings", recording_id, items)
 
     async def stop_recording(self, lesson: Lesson, room: Room, recording_id: str) -> None:
         await self._send("DELETE", self._room_path(room, "recordings", recording_id), absent_ok=True)

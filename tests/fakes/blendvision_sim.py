@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from tests.fakes.hms_sim import InjectionMixin
+from tests.fakes.injection import InjectionMixin
 
 ROLES = ("ROLE_GUEST", "ROLE_VIEWER", "ROLE_ADMIN")
 BASE = "/bv/chatroom/v1/chatrooms"

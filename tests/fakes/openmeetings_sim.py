@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from tests.fakes.hms_sim import InjectionMixin
+from tests.fakes.injection import InjectionMixin
 
 PREFIX = "/openmeetings/services"
 ROOM_TYPES = ("CONFERENCE", "PRESENTATION", "INTERVIEW")

@@ -13,7 +13,7 @@ from bridge.providers import build_provider
 from bridge.providers.base import Capability, Lesson, ProviderError, Room, SettingsError, Unsupported, User
 from bridge.providers.blendvision import BlendVisionProvider
 from tests.fakes.blendvision_sim import BlendVisionSim
-from tests.fakes.server import free_port, serve
+from tests.fakes.server import Swappable, free_port, serve
 
 API_TOKEN = "bv-api-token-for-tests"
 SIGNING = "bv-chatroom-signing-secret-0123456789"
@@ -22,26 +22,20 @@ TEACHER = User(id="42", name="Ada Lovelace", role="teacher")
 STUDENT = User(id="7", name="Bob", role="student")
 
 
-class _Holder:
-    sim: BlendVisionSim
-
-
-_holder = _Holder()
+_target = Swappable()
 
 
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
-        await _holder.sim.app(scope, receive, send)
-
-    with serve(app) as url:
+    with serve(_target) as url:
         yield url
 
 
 @pytest.fixture
 def sim() -> BlendVisionSim:
-    _holder.sim = BlendVisionSim(api_token=API_TOKEN, org_id="org-0001", token_secret=SIGNING)
-    return _holder.sim
+    sim = BlendVisionSim(api_token=API_TOKEN, org_id="org-0001", token_secret=SIGNING)
+    _target.app = sim.app
+    return sim
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from bridge.providers import build_provider
 from bridge.providers.base import Capability, Lesson, ProviderError, SettingsError, Unsupported, User
 from bridge.providers.hms import HmsProvider, validate_role
 from tests.fakes.hms_sim import HmsSim
-from tests.fakes.server import free_port, serve
+from tests.fakes.server import Swappable, free_port, serve
 
 SECRET = "hms-app-secret-for-tests-0123456789abcdef"
 LESSON = Lesson(id="moodle:lms.example.edu:77", title="Algebra I")
@@ -22,26 +22,20 @@ TEACHER = User(id="42", name="Ada Lovelace", role="teacher")
 STUDENT = User(id="7", name="Bob", role="student")
 
 
-class _Holder:
-    sim: HmsSim
-
-
-_holder = _Holder()
+_target = Swappable()
 
 
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
-        await _holder.sim.app(scope, receive, send)
-
-    with serve(app) as url:
+    with serve(_target) as url:
         yield url
 
 
 @pytest.fixture
 def sim() -> HmsSim:
-    _holder.sim = HmsSim(app_secret=SECRET)
-    return _holder.sim
+    sim = HmsSim(app_secret=SECRET)
+    _target.app = sim.app
+    return sim
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from bridge.providers import build_provider
 from bridge.providers.base import Capability, Lesson, ProviderError, SettingsError, Unsupported, User
 from bridge.providers.openmeetings import OpenMeetingsProvider
 from tests.fakes.openmeetings_sim import OpenMeetingsSim
-from tests.fakes.server import free_port, serve
+from tests.fakes.server import Swappable, free_port, serve
 
 PASSWORD = "!HansHans1-for-tests"
 LESSON = Lesson(id="moodle:lms.example.edu:77", title="Algebra I")
@@ -22,19 +22,12 @@ TEACHER = User(id="42", name="Ada Lovelace", email="ada@example.edu", role="teac
 STUDENT = User(id="7", name="Bob", role="student")
 
 
-class _Holder:
-    sim: OpenMeetingsSim
-
-
-_holder = _Holder()
+_target = Swappable()
 
 
 @pytest.fixture(scope="module")
 def server_url() -> Iterator[str]:
-    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
-        await _holder.sim.app(scope, receive, send)
-
-    with serve(app) as url:
+    with serve(_target) as url:
         yield url
 
 
@@ -45,8 +38,9 @@ def base_url(server_url: str) -> str:
 
 @pytest.fixture
 def sim() -> OpenMeetingsSim:
-    _holder.sim = OpenMeetingsSim(password=PASSWORD)
-    return _holder.sim
+    sim = OpenMeetingsSim(password=PASSWORD)
+    _target.app = sim.app
+    return sim
 
 
 @pytest.fixture

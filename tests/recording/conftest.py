@@ -64,11 +64,6 @@ def _no_leftover_sessions() -> Iterator[None]:
     assert not leftovers, f"test left recordings running: {[s.spec.recording_id for s in leftovers]}"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 async def wait_for(cond: Callable[[], object], timeout_s: float, what: str, step: float = 0.05) -> object:
     deadline = time.monotonic() + timeout_s

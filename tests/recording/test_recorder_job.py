@@ -12,7 +12,7 @@ import pytest
 from bridge.recorder import recording_id_for
 from bridge.recording import probe
 from bridge.store import recording_key
-from tests.conftest import WEBHOOK_SECRET, wait_until, write_config
+from tests.conftest import default_config, wait_until
 from tests.fakes.owt_sim import OwtSim
 from tests.fakes.server import serve
 from tests.recording.conftest import running
@@ -21,23 +21,16 @@ LESSON = {"id": "c12-l7", "title": "Algebra I"}
 
 
 def recorder_config(tmp_path: Path, hook_url: str) -> Path:
-    return write_config(tmp_path / "bridge.toml", f"""
-[providers.sandbox]
-kind = "sandbox"
-
-[sources.default]
-format = "canonical"
-provider = "sandbox"
-webhook_url = "{hook_url}"
-webhook_secret = "{WEBHOOK_SECRET}"
-allow_private_network = true
-
+    """The usual test configuration plus a recording section with a short lease."""
+    config = default_config(tmp_path, hook_url)
+    config.write_text(config.read_text() + f"""
 [recording]
 dir = "{tmp_path / 'recordings'}"
 min_free_bytes = 16777216
 lease_s = 3
 progress_period_s = 0.25
 """)
+    return config
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +54,15 @@ async def stop(client, bridge) -> None:
     answer = await client.post(f"{bridge.base_url}/v1/events/default",
                                json={"id": "stop_1", "type": "recording.stop", "lesson": LESSON})
     assert answer.status_code == 202, answer.text
+
+
+async def recording_under_way(client, bridge, redis, hook, source: Path, seconds: float) -> str:
+    """Start recording `source`, wait for recording.started and `seconds` on disk; the recording id."""
+    await start(client, bridge, source)
+    (started,) = await wait_until(lambda: hook.of_type("recording.started"), timeout=30)
+    recording_id = started["data"]["recording_id"]
+    await wait_until(lambda: recorded_at_least(redis, recording_id, seconds), timeout=30)
+    return recording_id
 
 
 async def recorded(redis, recording_id: str) -> dict[str, str]:
@@ -103,10 +105,7 @@ async def test_pull_recording_start_and_stop_from_another_process(make_bridge, c
     bridge = make_bridge(recorder_config(tmp_path, hook_url))
     bridge.start_worker()
     bridge.start_worker("recorder")
-    await start(client, bridge, long_source)
-    (started,) = await wait_until(lambda: hook.of_type("recording.started"), timeout=30)
-    recording_id = started["data"]["recording_id"]
-    await wait_until(lambda: recorded_at_least(redis, recording_id, 4), timeout=30)
+    recording_id = await recording_under_way(client, bridge, redis, hook, long_source, seconds=4)
     await stop(client, bridge)                  # handled by the worker; the recorder stops FFmpeg
     (completed,) = await wait_until(lambda: hook.of_type("recording.completed"), timeout=40)
     duration = await check_file(completed, ffbin)
@@ -131,10 +130,7 @@ async def test_sigkilled_recorder_resumes_in_a_new_part(make_bridge, client, red
     bridge = make_bridge(recorder_config(tmp_path, hook_url))
     bridge.start_worker()
     first = bridge.start_worker("recorder")
-    await start(client, bridge, long_source)
-    (started,) = await wait_until(lambda: hook.of_type("recording.started"), timeout=30)
-    recording_id = started["data"]["recording_id"]
-    await wait_until(lambda: recorded_at_least(redis, recording_id, 3), timeout=30)
+    recording_id = await recording_under_way(client, bridge, redis, hook, long_source, seconds=3)
     assert ffmpeg_pids(recording_id)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
@@ -154,10 +150,7 @@ async def test_sigterm_finalizes_then_the_next_recorder_continues(make_bridge, c
     bridge = make_bridge(recorder_config(tmp_path, hook_url))
     bridge.start_worker()
     first = bridge.start_worker("recorder")
-    await start(client, bridge, long_source)
-    (started,) = await wait_until(lambda: hook.of_type("recording.started"), timeout=30)
-    recording_id = started["data"]["recording_id"]
-    await wait_until(lambda: recorded_at_least(redis, recording_id, 3), timeout=30)
+    recording_id = await recording_under_way(client, bridge, redis, hook, long_source, seconds=3)
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=25) == 0
     assert not ffmpeg_pids(recording_id)
