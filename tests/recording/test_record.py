@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.processes import free_port
 from bridge.recording import (
     EndReason,
     ListenSpec,
@@ -27,7 +28,7 @@ from bridge.recording import (
 )
 from bridge.recording.ffmpeg import FFmpegBinaries, Progress
 from bridge.recording.parts import DirLock
-from tests.recording.conftest import free_port, running, stalling_server, wait_for, wait_listening
+from tests.recording.conftest import running, stalling_server, wait_for, wait_listening
 
 pytestmark = pytest.mark.timeout(60)
 
