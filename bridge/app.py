@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -24,14 +24,20 @@ from bridge.admin import admin_routes
 from bridge.config import Settings
 from bridge.errors import ApiError, error_response
 from bridge.intake import AcceptBatcher, receive
+from bridge.processes import tune_gc_for_service
 from bridge.providers.sandbox import SandboxProvider
+from bridge.responses import JSONResponse
 from bridge.store import ACCEPT_SCRIPT, WORKER_QUEUE, health_check_key, redis_client
 
 log = structlog.get_logger("bridge.web")
 
 
 class AccessLog:
-    """One log line per request, carrying whatever the handler bound (source, event ids)."""
+    """One log line per request, carrying whatever the handler bound (source, event ids).
+
+    uvicorn runs each request in its own task, so what the handler binds lives in that task's copy
+    of the context and needs no clearing.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -40,7 +46,6 @@ class AccessLog:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        structlog.contextvars.clear_contextvars()
         started = time.perf_counter()
         status = 500
 
@@ -55,7 +60,6 @@ class AccessLog:
         finally:
             log.info("request", method=scope["method"], path=scope["path"], status=status,
                      ms=round((time.perf_counter() - started) * 1000, 2))
-            structlog.contextvars.clear_contextvars()
 
 
 def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
@@ -68,6 +72,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
         state["batcher"] = AcceptBatcher(client, client.register_script(ACCEPT_SCRIPT),
                                          settings.dedupe_window_s * 1000)
         state["metrics"] = metrics.IntakeMetrics(client, settings.sources).start()
+        tune_gc_for_service()
         try:
             yield
         finally:

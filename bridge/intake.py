@@ -7,7 +7,6 @@ import hmac
 import json
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -17,12 +16,12 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 from starlette.requests import Request
 
+from bridge.clock import utc_now_iso
 from bridge.config import Settings, SourceConfig
 from bridge.errors import ApiError
 from bridge.routing import plan
 from bridge.signing import SignatureError, verify
 from bridge.sources import FORMATS, InvalidEvent, Parsed
-from bridge.sources.canonical import iso
 from bridge.store import EventRecord, accept_call, job_runs_key
 from bridge.webhooks import produced_payloads
 
@@ -130,51 +129,54 @@ def _parse_events(source: SourceConfig, items: list[Any], batch: bool, providers
 
 
 class AcceptBatcher:
-    """Group commit: requests that arrive while an accept call is in flight share the next call.
+    """Group commit: requests handled in the same event-loop turn share one accept call.
 
     Each call is still one atomic script run, so every request stays all-or-nothing and duplicates
-    across requests are still caught; the Redis round trip and client overhead are paid once per
-    group instead of once per request.
+    across requests (and across calls in flight together) are still caught; the Redis round trip
+    and client overhead are paid once per group instead of once per request. A group never waits
+    for an earlier call to return: that would make every request queue behind a whole round trip.
     """
 
     def __init__(self, redis: Redis, script: AsyncScript, dedupe_ttl_ms: int) -> None:
         self.redis, self.script, self.dedupe_ttl_ms = redis, script, dedupe_ttl_ms
         self.waiting: list[tuple[list[EventRecord], asyncio.Future[list[Any]]]] = []
-        self.flushing = False
+        self.in_flight: set[asyncio.Task[None]] = set()
 
     async def submit(self, records: list[EventRecord]) -> list[Any]:
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        if not self.waiting:
+            loop.call_soon(self._send_waiting)
         self.waiting.append((records, future))
-        if not self.flushing:
-            self.flushing = True
-            asyncio.get_running_loop().create_task(self._flush())
         return await future
 
-    async def _flush(self) -> None:
+    def _send_waiting(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for start in range(0, len(waiting), MAX_GROUP):
+            task = asyncio.get_running_loop().create_task(self._send(waiting[start:start + MAX_GROUP]))
+            self.in_flight.add(task)             # a reference, so the task can't be collected mid-call
+            task.add_done_callback(self.in_flight.discard)
+
+    async def _send(self, group: list[tuple[list[EventRecord], asyncio.Future[list[Any]]]]) -> None:
+        records = [record for batch, _ in group for record in batch]
         try:
-            while self.waiting:
-                group, self.waiting = self.waiting[:MAX_GROUP], self.waiting[MAX_GROUP:]
-                records = [record for batch, _ in group for record in batch]
-                try:
-                    keys, args = accept_call(records, self.dedupe_ttl_ms, int(time.time() * 1000))
-                    result = await self.script(keys=keys, args=args, client=self.redis)
-                except Exception as exc:   # Redis → 503; anything else must fail the group, never hang it
-                    for _, future in group:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                offset = 0
-                for batch, future in group:
-                    if not future.done():
-                        future.set_result(result[offset:offset + 2 * len(batch)])
-                    offset += 2 * len(batch)
-        finally:
-            self.flushing = False
+            keys, args = accept_call(records, self.dedupe_ttl_ms, int(time.time() * 1000))
+            result = await self.script(keys=keys, args=args, client=self.redis)
+        except Exception as exc:   # Redis → 503; anything else must fail the group, never hang it
+            for _, future in group:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        offset = 0
+        for batch, future in group:
+            if not future.done():
+                future.set_result(result[offset:offset + 2 * len(batch)])
+            offset += 2 * len(batch)
 
 
 async def accept(batcher: AcceptBatcher, source: SourceConfig, parsed: list[Parsed]) -> Outcome:
     outcome = Outcome()
-    received_at = iso(datetime.now(UTC))
+    received_at = utc_now_iso()
     records: list[EventRecord] = []
     for item in parsed:
         if item.event is None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import pickle
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -31,6 +30,7 @@ from bridge.store import (
     FAILED_DELIVERIES,
     JOB_EXPIRES_MS,
     WORKER_QUEUE,
+    arq_payload,
     attempts_key,
     delivery_key,
     endpoint_disabled_key,
@@ -114,11 +114,6 @@ class RetryResult:
         return dict(self.__dict__)
 
 
-def _deliver_job(msg_id: str, number: int, now_ms: int) -> bytes:
-    """What arq's enqueue_job would store for deliver_webhook(msg_id, number) (its pickle serializer)."""
-    return pickle.dumps({"t": None, "f": "deliver_webhook", "a": (msg_id, number), "k": {}, "et": now_ms})
-
-
 async def retry_delivery(redis: Redis, settings: Settings, msg_id: str) -> RetryResult:
     """Enqueue one more attempt, under a fresh job id; the webhook keeps its id (and its payload).
 
@@ -149,7 +144,8 @@ async def retry_delivery(redis: Redis, settings: Settings, msg_id: str) -> Retry
                 pipe.hset(delivery_key(msg_id), "status", "pending")
                 pipe.hdel(delivery_key(msg_id), "next_at")
                 pipe.zrem(DEAD_LETTERS, msg_id)
-                pipe.psetex(job_key_prefix + job_id, JOB_EXPIRES_MS, _deliver_job(msg_id, number, now_ms))
+                pipe.psetex(job_key_prefix + job_id, JOB_EXPIRES_MS,
+                            arq_payload("deliver_webhook", (msg_id, number), now_ms))
                 pipe.zadd(WORKER_QUEUE, {job_id: now_ms})
                 await pipe.execute()
                 return RetryResult(msg_id, True, job_id=job_id, attempt=number)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import signal
 import socket
 import time
@@ -34,3 +35,15 @@ def wait_for_port(port: int, timeout_s: float) -> bool:
         except OSError:
             time.sleep(0.02)
     return False
+
+
+def tune_gc_for_service() -> None:
+    """Call once start-up is done, in web and worker processes.
+
+    Freezing moves everything loaded so far (modules, config, clients) out of the collector's view, so
+    a full collection no longer walks a few hundred thousand long-lived objects (a 10-30 ms pause that
+    set the accept path's p99); the higher first threshold collects request garbage, which reference
+    counting frees anyway unless it forms cycles, a few times less often.
+    """
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)

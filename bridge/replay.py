@@ -23,7 +23,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from arq.constants import job_key_prefix, result_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -32,7 +31,7 @@ from bridge.routing import JOBS_BY_TYPE, event_ref, plan
 from bridge.sources import FORMATS, InvalidEvent
 from bridge.sources.canonical import iso
 from bridge.store import (
-    ENQUEUE_JOBS_LUA,
+    ENQUEUE_JOB_LUA,
     EVENT_LOG,
     JOB_EXPIRES_MS,
     JobSpec,
@@ -52,11 +51,11 @@ _UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 # One atomic run per batch: per event, a new log entry carrying replay_of, the dedupe marker restored
 # when it is missing and the original's window has not run out (replays into a fresh Redis), the
 # event's replay index, and its jobs (skipped if a job with that id exists, like the accept script).
-REPLAY_SCRIPT = """#!lua
--- KEYS: [1] event log; per event: seen key, replays key, then per job: job key, result key, queue key
+REPLAY_SCRIPT = "#!lua" + ENQUEUE_JOB_LUA + """
+-- KEYS: [1] event log; per event: seen key, replays key
 -- ARGV: [1] event count, [2] replays index ttl s; per event: id, source, received_at, raw, canonical,
 --       jobs json, replay_of, replay id, original entry, replayed_at, seen ttl ms, index item json,
---       job count, then per job: job id, payload, score, expires ms
+--       job count, then per job: job id, queue, payload, score, expires ms
 -- Returns the new log entry id of each event.
 local k, a = 2, 3
 local out = {}
@@ -76,7 +75,10 @@ for _ = 1, tonumber(ARGV[1]) do
   redis.call('EXPIRE', index, ARGV[2])
   local njobs = tonumber(ARGV[a + 12])
   a = a + 13
-""" + ENQUEUE_JOBS_LUA + """
+  for _ = 1, njobs do
+    enqueue_job(ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4])
+    a = a + 5
+  end
   out[#out + 1] = entry
 end
 return out
@@ -597,8 +599,7 @@ def replay_call(settings: Settings, batch: list[PlannedReplay], now_ms: int) -> 
                  event.entry_id or "", replayed_at, _seen_ttl_ms(settings, event, now_ms), json.dumps(index),
                  len(item.jobs)]
         for job in item.jobs:
-            keys += [job_key_prefix + job.job_id, result_key_prefix + job.job_id, job.queue]
-            args += [job.job_id, arq_payload(job, now_ms), now_ms, JOB_EXPIRES_MS]
+            args += [job.job_id, job.queue, arq_payload(job.function, (job.envelope,), now_ms), now_ms, JOB_EXPIRES_MS]
     return keys, args
 
 

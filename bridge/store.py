@@ -6,8 +6,6 @@ so that the dedupe check, the event-log append and the enqueue are one atomic ro
 
 from __future__ import annotations
 
-import pickle
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlparse
 
@@ -23,9 +21,12 @@ RECORDER_QUEUE = "arq:queue:recorder"                  # long FFmpeg supervision
 JOB_EXPIRES_MS = 30 * 24 * 3600 * 1000                 # a queued job outlives a month-long worker outage
 
 
+SEEN_PREFIX = f"{PREFIX}seen:"
+
+
 def seen_key(source: str, event_id: str) -> str:
-    """Dedupe marker; its value is the event's log entry id."""
-    return f"{PREFIX}seen:{source}:{event_id}"
+    """Dedupe marker; its value is the event's log entry id. (The accept script builds it too.)"""
+    return f"{SEEN_PREFIX}{source}:{event_id}"
 
 
 def job_runs_key(ref: str) -> str:
@@ -107,49 +108,50 @@ def health_check_key(queue: str) -> str:
     return f"{queue}:health-check"
 
 
-# Writes `njobs` arq jobs as arq's own enqueue_job does, skipping an id that is queued or has a result.
-# Reads KEYS[k..] (job key, result key, queue key per job) and ARGV[a..] (job id, payload, score,
-# expires ms per job), advancing k and a. Shared by the accept and replay scripts.
-ENQUEUE_JOBS_LUA = """
-for _ = 1, njobs do
-  if redis.call('EXISTS', KEYS[k], KEYS[k + 1]) == 0 then
-    redis.call('PSETEX', KEYS[k], ARGV[a + 3], ARGV[a + 1])
-    redis.call('ZADD', KEYS[k + 2], ARGV[a + 2], ARGV[a])
+# Writes one arq job as arq's own enqueue_job does, skipping an id that is queued or has a result.
+# Shared by the accept and replay scripts. Job (and dedupe) keys are built inside the scripts from
+# ids rather than passed as KEYS: fewer arguments per event is most of the accept call's client cost,
+# and arq, like this bridge, runs on one Redis, never a cluster.
+ENQUEUE_JOB_LUA = f"""
+local function enqueue_job(job_id, queue, payload, score, expires_ms)
+  local job_key = '{job_key_prefix}' .. job_id
+  if redis.call('EXISTS', job_key, '{result_key_prefix}' .. job_id) == 0 then
+    redis.call('PSETEX', job_key, expires_ms, payload)
+    redis.call('ZADD', queue, score, job_id)
   end
-  k = k + 3
-  a = a + 4
 end
 """
 
 # The shebang makes Redis 7+ refuse the whole script up front when out of memory, instead of
 # failing at a write half way through (scripts are not rolled back).
-ACCEPT_SCRIPT = """#!lua
--- KEYS: [1] event log; per event: seen key, then per job: job key, result key, queue key
--- ARGV: [1] dedupe ttl ms, [2] event count; per event: id, source, received_at, raw, canonical, jobs json,
---       job count, then per job: job id, payload, score, expires ms
+ACCEPT_SCRIPT = "#!lua" + ENQUEUE_JOB_LUA + f"""
+-- KEYS: [1] event log
+-- ARGV: [1] dedupe ttl ms, [2] enqueue time ms (job score), [3] job expiry ms, [4] event count;
+--       per event: meta JSON [id, source, received_at, jobs json, job id, queue, job id, queue, ...],
+--       raw, canonical, then one arq payload per job
 -- Returns per event: log entry id, 1 if new / 0 if a duplicate (the id is then the original's).
-local ttl = tonumber(ARGV[1])
-local k, a = 2, 3
-local out = {}
-for _ = 1, tonumber(ARGV[2]) do
-  local seen = KEYS[k]
-  k = k + 1
-  local njobs = tonumber(ARGV[a + 6])
+local ttl, score, expires = ARGV[1], ARGV[2], ARGV[3]
+local a = 5
+local out = {{}}
+for _ = 1, tonumber(ARGV[4]) do
+  local meta = cjson.decode(ARGV[a])
+  local njobs = (#meta - 4) / 2
+  local seen = '{SEEN_PREFIX}' .. meta[2] .. ':' .. meta[1]
   local existing = redis.call('GET', seen)
   if existing then
     out[#out + 1] = existing
     out[#out + 1] = 0
-    k = k + 3 * njobs
-    a = a + 7 + 4 * njobs
   else
-    local entry = redis.call('XADD', KEYS[1], '*', 'id', ARGV[a], 'source', ARGV[a + 1],
-      'received_at', ARGV[a + 2], 'raw', ARGV[a + 3], 'canonical', ARGV[a + 4], 'jobs', ARGV[a + 5])
+    local entry = redis.call('XADD', KEYS[1], '*', 'id', meta[1], 'source', meta[2],
+      'received_at', meta[3], 'raw', ARGV[a + 1], 'canonical', ARGV[a + 2], 'jobs', meta[4])
     redis.call('SET', seen, entry, 'PX', ttl)
-    a = a + 7
-""" + ENQUEUE_JOBS_LUA + """
+    for j = 1, njobs do
+      enqueue_job(meta[3 + 2 * j], meta[4 + 2 * j], ARGV[a + 2 + j], score, expires)
+    end
     out[#out + 1] = entry
     out[#out + 1] = 1
   end
+  a = a + 3 + njobs
 end
 return out
 """
@@ -162,8 +164,7 @@ class JobSpec(NamedTuple):   # a NamedTuple: built several times per request on 
     envelope: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class EventRecord:
+class EventRecord(NamedTuple):
     source: str
     event_id: str
     received_at: str
@@ -172,23 +173,32 @@ class EventRecord:
     jobs: list[JobSpec]
 
 
-def arq_payload(job: JobSpec, enqueue_time_ms: int) -> bytes:
-    """The bytes arq's own enqueue_job would store (its default pickle serializer)."""
-    return pickle.dumps({"t": None, "f": job.function, "a": (job.envelope,), "k": {}, "et": enqueue_time_ms})
+def serialize_arq(obj: Any) -> bytes:
+    """arq's job and result serializer in every process: JSON rather than arq's default pickle, so a
+    worker never unpickles what it reads from Redis, and the accept path pays a third of the cost.
+    A result that isn't JSON (the exception of a failed run) is kept as its repr."""
+    return orjson.dumps(obj, default=repr)
+
+
+deserialize_arq = orjson.loads
+
+
+def arq_payload(function: str, args: tuple[Any, ...], enqueue_time_ms: int) -> bytes:
+    """The bytes arq's own enqueue_job would store for function(*args)."""
+    return serialize_arq({"t": None, "f": function, "a": args, "k": {}, "et": enqueue_time_ms})
 
 
 def accept_call(events: list[EventRecord], dedupe_ttl_ms: int, now_ms: int) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV for ACCEPT_SCRIPT."""
-    keys: list[str] = [EVENT_LOG]
-    args: list[Any] = [dedupe_ttl_ms, len(events)]
+    args: list[Any] = [dedupe_ttl_ms, now_ms, JOB_EXPIRES_MS, len(events)]
     for record in events:
-        keys.append(seen_key(record.source, record.event_id))
-        args += [record.event_id, record.source, record.received_at, orjson.dumps(record.raw),
-                 orjson.dumps(record.canonical), orjson.dumps([j.job_id for j in record.jobs]), len(record.jobs)]
+        meta: list[str] = [record.event_id, record.source, record.received_at,
+                           orjson.dumps([job.job_id for job in record.jobs]).decode()]
         for job in record.jobs:
-            keys += [job_key_prefix + job.job_id, result_key_prefix + job.job_id, job.queue]
-            args += [job.job_id, arq_payload(job, now_ms), now_ms, JOB_EXPIRES_MS]
-    return keys, args
+            meta += [job.job_id, job.queue]
+        args += [orjson.dumps(meta), orjson.dumps(record.raw), orjson.dumps(record.canonical)]
+        args += [arq_payload(job.function, (job.envelope,), now_ms) for job in record.jobs]
+    return [EVENT_LOG], args
 
 
 def _tls_options(url: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from bridge.providers import build_provider
 from bridge.recorder import reclaim_loop, recorder_config
 from bridge.replay import trim_job
 from bridge.routing import JOBS_BY_TYPE
-from bridge.store import RECORDER_QUEUE, WORKER_QUEUE, arq_redis_settings
+from bridge.store import RECORDER_QUEUE, WORKER_QUEUE, arq_redis_settings, deserialize_arq, serialize_arq
 from workers.jobs import deliver_webhook, event_job
 
 RECORDER_GRACE_S = 300      # joining parts and probing after the longest recording
@@ -70,6 +70,8 @@ def worker_settings(settings: Settings, queue: str = WORKER_QUEUE) -> dict[str, 
         "max_jobs": 60 if recorder else 50,
         "job_timeout": settings.job_timeout_s,
         "keep_result": 3600,
+        "job_serializer": serialize_arq,
+        "job_deserializer": deserialize_arq,
         "max_tries": 8,
         "health_check_interval": HEALTH_CHECK_S,
         "job_completion_wait": DRAIN_S,

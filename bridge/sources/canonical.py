@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from bridge.sources import InvalidEvent, Parsed
+from bridge.sources.base import InvalidEvent, Parsed
 
 if TYPE_CHECKING:
     from bridge.config import SourceConfig

@@ -11,7 +11,7 @@ import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from bridge.sources import InvalidEvent, Parsed
+from bridge.sources.base import InvalidEvent, Parsed
 from bridge.sources.canonical import EVENT_TYPES, INTERNAL_TYPES, iso, validate
 
 if TYPE_CHECKING:
