@@ -6,6 +6,7 @@ import asyncio
 import hmac
 import json
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,16 +147,20 @@ class AcceptBatcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
         if not self.waiting:
-            loop.call_soon(self._send_waiting)
+            self._start(self._send_waiting())       # runs next turn, after this turn's requests joined
         self.waiting.append((records, future))
         return await future
 
-    def _send_waiting(self) -> None:
+    def _start(self, call: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(call)
+        self.in_flight.add(task)                    # a reference, so the task can't be collected mid-call
+        task.add_done_callback(self.in_flight.discard)
+
+    async def _send_waiting(self) -> None:
         waiting, self.waiting = self.waiting, []
-        for start in range(0, len(waiting), MAX_GROUP):
-            task = asyncio.get_running_loop().create_task(self._send(waiting[start:start + MAX_GROUP]))
-            self.in_flight.add(task)             # a reference, so the task can't be collected mid-call
-            task.add_done_callback(self.in_flight.discard)
+        for start in range(MAX_GROUP, len(waiting), MAX_GROUP):
+            self._start(self._send(waiting[start:start + MAX_GROUP]))
+        await self._send(waiting[:MAX_GROUP])
 
     async def _send(self, group: list[tuple[list[EventRecord], asyncio.Future[list[Any]]]]) -> None:
         records = [record for batch, _ in group for record in batch]

@@ -61,8 +61,9 @@ def test_a_line_from_a_loop_that_stopped_before_its_turn_ended_is_not_stranded()
         asyncio.get_running_loop().stop()
 
     loop = asyncio.new_event_loop()
-    loop.create_task(log_and_stop())
+    task = loop.create_task(log_and_stop())
     loop.run_forever()                                  # stops before the scheduled write runs
+    assert task.done() and file.getvalue() == b""
     lines.msg(b"second")                                # outside any loop: both go out now
     loop.close()
     assert file.getvalue() == b"first\nsecond\n"

@@ -10,7 +10,9 @@ from arq import cron
 from arq.worker import Function, func
 
 from bridge.config import Settings
+from bridge.http_transport import ConnectionPerRequestTransport
 from bridge.lifecycle import Runtime
+from bridge.processes import tune_gc_for_service
 from bridge.providers import build_provider
 from bridge.recorder import reclaim_loop, recorder_config
 from bridge.replay import trim_job
@@ -40,14 +42,14 @@ def worker_settings(settings: Settings, queue: str = WORKER_QUEUE) -> dict[str, 
     recorder = queue == RECORDER_QUEUE
 
     async def startup(ctx: dict[str, Any]) -> None:
-        http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0),
-                                 limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
+        http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0), transport=ConnectionPerRequestTransport())
         providers = {name: build_provider(name, cfg.kind, cfg.settings, http)
                      for name, cfg in settings.providers.items()}
         ctx["bridge"] = Runtime(settings=settings, redis=ctx["redis"], http=http, providers=providers,
                                 recording=recorder_config(settings) if recorder else None)
         if recorder:
             ctx["reclaim"] = asyncio.ensure_future(reclaim_loop(ctx["redis"], settings))
+        tune_gc_for_service()
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         if "reclaim" in ctx:
