@@ -6,10 +6,12 @@ import json
 import signal
 
 import redis.asyncio as aioredis
+from arq.constants import retry_key_prefix
 
 from bridge.store import WORKER_QUEUE, job_runs_key
 from tests.conftest import MOODLE_TOKEN, WEBHOOK_SECRET, default_config, wait_until, worker_ready
 from tests.test_intake import EVENT, moodle_fixture
+from workers.jobs import MAX_TRIES
 
 
 async def queue_idle(redis: aioredis.Redis) -> bool:
@@ -55,6 +57,20 @@ async def test_sigkilled_worker_jobs_all_complete_on_a_new_worker(make_bridge, c
 
 async def _in_progress(redis: aioredis.Redis) -> bool:
     return bool([key async for key in redis.scan_iter("arq:in-progress:*")])
+
+
+async def test_a_job_whose_runs_keep_dying_reports_event_failed(make_bridge, client, redis, receiver) -> None:
+    hook, hook_url = receiver
+    bridge = make_bridge(webhook_url=hook_url)
+    assert (await client.post(f"{bridge.base_url}/v1/events/default", json=EVENT)).status_code == 202
+    # What MAX_TRIES runs killed mid-job leave behind: arq counts every start in the job's retry key.
+    await redis.set(retry_key_prefix + "default:evt_1:user_joined", MAX_TRIES)
+    bridge.start_worker()
+    await wait_until(lambda: hook.of_type("event.failed"))
+    assert hook.of_type("event.failed")[0]["data"]["error"]["code"] == "crashed"
+    assert not hook.of_type("join.ready")
+    run = json.loads(await redis.hget(job_runs_key("default:evt_1"), "user_joined"))
+    assert run["status"] == "failed" and run["try"] == MAX_TRIES + 1
 
 
 async def test_sigterm_drains_in_flight_jobs(make_bridge, client, redis, receiver, tmp_path) -> None:

@@ -43,8 +43,14 @@ async def _record(rt: Runtime, ref: str, function: str, outcome: dict[str, Any])
         await pipe.execute()
 
 
-def event_job(function: str, deadline_s: float) -> Callable[[dict[str, Any], dict[str, Any]], Awaitable[str]]:
-    """The arq function for one handler; `deadline_s` sits inside arq's own job timeout."""
+def event_job(function: str, deadline_s: float,
+              max_tries: int = MAX_TRIES) -> Callable[[dict[str, Any], dict[str, Any]], Awaitable[str]]:
+    """The arq function for one handler; `deadline_s` sits inside arq's own job timeout.
+
+    Register it with arq's max_tries = `max_tries` + 1: a run that finishes never needs more than
+    `max_tries`, so a higher try means earlier runs died mid-job (a worker killed again and again),
+    and this run reports `event.failed` instead of arq dropping the job without a word.
+    """
     handler = HANDLERS[function]
 
     async def run(ctx: dict[str, Any], envelope: dict[str, Any]) -> str:
@@ -61,6 +67,9 @@ def event_job(function: str, deadline_s: float) -> Callable[[dict[str, Any], dic
             if job is None:
                 raise ProviderError("unknown_source", f"source {envelope['source']!r} is no longer configured",
                                     retryable=False)
+            if job_try > max_tries:
+                raise ProviderError("crashed", f"{function} was started {job_try - 1} times and never finished "
+                                    "(its worker was killed or crashed each time)", retryable=False)
             # Our own deadline, inside arq's: a job that overruns is retried, not silently dropped by arq.
             async with asyncio.timeout(deadline_s):
                 await handler(job)
@@ -79,7 +88,7 @@ def event_job(function: str, deadline_s: float) -> Callable[[dict[str, Any], dic
         outcome: dict[str, Any] = {"status": "ok", "try": job_try, "at": iso(datetime.now(UTC)), "ms": ms}
         if error is not None:
             outcome.update(status="failed", error={"code": error.code, "message": error.message})
-            if error.retryable and job_try < MAX_TRIES:
+            if error.retryable and job_try < max_tries:
                 outcome["status"] = "retrying"
                 await _record(rt, ref, function, outcome)
                 log.warning("job.retry", code=error.code, ms=ms)

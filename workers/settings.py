@@ -18,7 +18,7 @@ from bridge.recorder import reclaim_loop, recorder_config
 from bridge.replay import trim_job
 from bridge.routing import JOBS_BY_TYPE
 from bridge.store import RECORDER_QUEUE, WORKER_QUEUE, arq_redis_settings, deserialize_arq, serialize_arq
-from workers.jobs import deliver_webhook, event_job
+from workers.jobs import MAX_TRIES, deliver_webhook, event_job
 
 RECORDER_GRACE_S = 300      # joining parts and probing after the longest recording
 DRAIN_S = 20                 # on SIGTERM, in-flight jobs get this long; platforms kill at 30 s
@@ -32,10 +32,10 @@ def _functions(settings: Settings, queue: str) -> list[Function]:
     names = sorted({function for steps in JOBS_BY_TYPE.values() for q, function in steps if q == queue})
     if queue == RECORDER_QUEUE:
         timeout = settings.recording_max_duration_s + RECORDER_GRACE_S
-        return [func(event_job(name, timeout - 5), name=name, timeout=timeout, max_tries=RECORDER_TRIES)
-                for name in names]
+        return [func(event_job(name, timeout - 5, RECORDER_TRIES), name=name, timeout=timeout,
+                     max_tries=RECORDER_TRIES + 1) for name in names]
     deadline = max(1.0, settings.job_timeout_s - 1)
-    return [func(event_job(name, deadline), name=name, max_tries=8) for name in names]
+    return [func(event_job(name, deadline, MAX_TRIES), name=name, max_tries=MAX_TRIES + 1) for name in names]
 
 
 def worker_settings(settings: Settings, queue: str = WORKER_QUEUE) -> dict[str, Any]:
@@ -74,7 +74,7 @@ def worker_settings(settings: Settings, queue: str = WORKER_QUEUE) -> dict[str, 
         "keep_result": 3600,
         "job_serializer": serialize_arq,
         "job_deserializer": deserialize_arq,
-        "max_tries": 8,
+        "max_tries": MAX_TRIES + 1,
         "health_check_interval": HEALTH_CHECK_S,
         "job_completion_wait": DRAIN_S,
         "poll_delay": 0.02,          # the mean wait before a new job starts is half of this
