@@ -12,12 +12,15 @@ response is closed.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import httpx
 
 IDLE_PER_ORIGIN = 50            # idle kept-alive connections per origin, as the shared pool allowed
 
-Origin = tuple[bytes, bytes, int | None]
+# A pinned webhook URL names an address; its TLS name travels as sni_hostname and is part of the key,
+# so a connection verified for one name is never reused for another name at the same address.
+Origin = tuple[bytes, bytes, int | None, str | None]
 
 
 class _GiveBackOnClose(httpx.AsyncByteStream):
@@ -36,15 +39,18 @@ class _GiveBackOnClose(httpx.AsyncByteStream):
 
 
 class ConnectionPerRequestTransport(httpx.AsyncBaseTransport):
-    def __init__(self) -> None:
+    def __init__(self, **transport_options: Any) -> None:
+        """`transport_options` go to each one-connection httpx.AsyncHTTPTransport (verify, cert, ...)."""
         self.idle: dict[Origin, list[httpx.AsyncHTTPTransport]] = {}
+        self.options = transport_options
         self.closed = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        origin = (request.url.raw_scheme, request.url.raw_host, request.url.port)
+        origin = (request.url.raw_scheme, request.url.raw_host, request.url.port,
+                  request.extensions.get("sni_hostname"))
         idle = self.idle.setdefault(origin, [])
         transport = idle.pop() if idle else httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1), **self.options)
         try:
             response = await transport.handle_async_request(request)
         except BaseException:

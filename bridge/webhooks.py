@@ -19,8 +19,7 @@ import socket
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
-from urllib.parse import urlparse
+from typing import Any, NamedTuple
 
 import httpx
 import structlog
@@ -120,13 +119,25 @@ class UnsafeDestination(Exception):
     pass
 
 
-async def check_destination(url: str, allow_private: bool) -> None:
-    """Refuse webhook URLs that resolve to loopback, private, link-local or metadata addresses."""
+class Destination(NamedTuple):
+    url: httpx.URL
+    headers: dict[str, str]            # Host, when the URL names an address instead
+    extensions: dict[str, Any]         # sni_hostname, so TLS still verifies the certificate for the name
+
+
+async def checked_destination(url: str, allow_private: bool) -> Destination:
+    """Where to send a webhook: the address the SSRF check approved, pinned into the URL.
+
+    Resolving once for the check and again on connect would let a name that answers a public
+    address first and a private one next (DNS rebinding) slip past the check. Any loopback,
+    private, link-local or metadata address among the answers refuses the destination.
+    """
+    target = httpx.URL(url)
     if allow_private:
-        return
-    host = urlparse(url).hostname or ""
+        return Destination(target, {}, {})
+    host = target.host
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        infos = await asyncio.get_running_loop().getaddrinfo(host, target.port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise UnsafeDestination(f"cannot resolve {host}: {exc.strerror}") from None
     for info in infos:
@@ -135,6 +146,11 @@ async def check_destination(url: str, allow_private: bool) -> None:
                 or address.is_multicast or address.is_unspecified):
             raise UnsafeDestination(f"{host} resolves to {address}, a non-public address "
                                     "(set allow_private_network = true to allow it)")
+    pinned = str(ipaddress.ip_address(infos[0][4][0]))
+    if pinned == host:
+        return Destination(target, {}, {})
+    extensions = {"sni_hostname": host} if target.scheme == "https" else {}
+    return Destination(target.copy_with(host=pinned), {"host": target.netloc.decode("ascii")}, extensions)
 
 
 @dataclass(frozen=True)
@@ -178,9 +194,10 @@ async def attempt(http: httpx.AsyncClient, settings: Settings, source: SourceCon
         "webhook-signature": sign(source.webhook_secrets, msg_id, timestamp, payload),
     }
     try:
-        await check_destination(source.webhook_url, source.allow_private_network)
-        response = await http.post(source.webhook_url, content=payload, headers=headers,
-                                   timeout=settings.webhook_timeout_s, follow_redirects=False)
+        destination = await checked_destination(source.webhook_url, source.allow_private_network)
+        response = await http.post(destination.url, content=payload, headers={**headers, **destination.headers},
+                                   extensions=destination.extensions, timeout=settings.webhook_timeout_s,
+                                   follow_redirects=False)
     except UnsafeDestination as exc:
         return AttemptResult(None, f"refused: {exc}", None, permanent=True), "", time.perf_counter() - started
     except httpx.HTTPError as exc:

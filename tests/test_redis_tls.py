@@ -5,7 +5,6 @@ The web app accepts events through it and a worker process runs their jobs throu
 from __future__ import annotations
 
 import asyncio
-import datetime
 import ssl
 import threading
 from collections.abc import Iterator
@@ -13,37 +12,18 @@ from pathlib import Path
 
 import pytest
 from arq.connections import create_pool
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bridge.embedded import EmbeddedRedis
 from bridge.store import arq_redis_settings, job_runs_key, redis_client
 from tests.conftest import default_config, wait_until
-
-
-def self_signed(tmp_path: Path) -> ssl.SSLContext:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "redis.addon.example")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now)
-            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
-    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                         serialization.PrivateFormat.PKCS8,
-                                                         serialization.NoEncryption()))
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
-    return context
+from tests.fakes.tls import self_signed
 
 
 @pytest.fixture
 def tls_redis_url(redis_server: EmbeddedRedis, tmp_path: Path) -> Iterator[str]:
     """A rediss:// URL whose TLS ends on loopback and is forwarded to the plain test server."""
-    context = self_signed(tmp_path)
+    context = self_signed(tmp_path, "redis.addon.example")[0]
     loop = asyncio.new_event_loop()
     started = threading.Event()
     port: list[int] = []

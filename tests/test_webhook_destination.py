@@ -1,0 +1,75 @@
+"""The SSRF check's approved address is the one connected to: no second DNS answer, TLS still by name."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bridge.http_transport import ConnectionPerRequestTransport
+from bridge.webhooks import Destination, UnsafeDestination, checked_destination
+from tests.fakes.tls import self_signed
+
+
+def resolver(*answers: str) -> Any:
+    """getaddrinfo answering each call with the next address: a name that rebinds between lookups."""
+    remaining = list(answers)
+
+    async def getaddrinfo(host: str, port: Any, **_: Any) -> list[tuple[Any, ...]]:
+        address = remaining.pop(0) if len(remaining) > 1 else remaining[0]
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        return [(family, socket.SOCK_STREAM, 6, "", (address, port or 443))]
+    return getaddrinfo
+
+
+async def test_the_checked_address_is_pinned_with_host_and_sni(monkeypatch) -> None:
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", resolver("93.184.215.14", "127.0.0.1"))
+    destination = await checked_destination("https://lms.example.edu:8443/webhook?x=1", allow_private=False)
+    assert str(destination.url) == "https://93.184.215.14:8443/webhook?x=1"     # the second answer never asked
+    assert destination.headers == {"host": "lms.example.edu:8443"}
+    assert destination.extensions == {"sni_hostname": "lms.example.edu"}
+
+
+async def test_any_private_answer_refuses_and_allow_private_skips_resolution(monkeypatch) -> None:
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", resolver("169.254.169.254"))
+    with pytest.raises(UnsafeDestination, match="non-public"):
+        await checked_destination("http://metadata.example/", allow_private=False)
+    allowed = await checked_destination("http://metadata.example/", allow_private=True)
+    assert allowed == Destination(httpx.URL("http://metadata.example/"), {}, {})
+
+
+async def test_a_pinned_address_reaches_the_server_as_the_name_over_verified_tls(tmp_path: Path) -> None:
+    server_tls, cert = self_signed(tmp_path, "lms.example.test")
+    seen_hosts: list[str] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            seen_hosts.extend(line[5:].strip().decode() for line in head.split(b"\r\n")
+                              if line[:5].lower() == b"host:")
+            writer.write(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_tls)
+    port = server.sockets[0].getsockname()[1]
+    pinned = Destination(httpx.URL(f"https://127.0.0.1:{port}/hook"), {"host": f"lms.example.test:{port}"},
+                         {"sni_hostname": "lms.example.test"})
+    try:
+        transport = ConnectionPerRequestTransport(verify=ssl.create_default_context(cafile=cert))   # the workers'
+        async with httpx.AsyncClient(transport=transport) as http:
+            answer = await http.post(pinned.url, content=b"{}", headers=pinned.headers, extensions=pinned.extensions)
+            assert answer.status_code == 204 and seen_hosts == [f"lms.example.test:{port}"]
+            # Without the name the certificate does not match, and the verified connection is not reused.
+            with pytest.raises(httpx.ConnectError):
+                await http.post(pinned.url, content=b"{}", headers=pinned.headers)
+    finally:
+        server.close()
