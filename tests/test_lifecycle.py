@@ -148,7 +148,7 @@ async def test_provider_outage_retries_then_one_webhook(make_bridge, client, red
     hook, hook_url = receiver
     sim, owt_url = owt
     bridge = make_bridge(owt_config(tmp_path, owt_url, hook_url))
-    sim.fail_next(3, status=503)
+    sim.inject(503, times=3)
     bridge.start_worker()
     await post(client, bridge, "default", {"id": "evt_1", "type": "lesson.scheduled", "lesson": {"id": "c1"}})
     (_created,) = await wait_until(lambda: hook.of_type("room.created"))
@@ -163,7 +163,7 @@ async def test_provider_400_becomes_event_failed(make_bridge, client, redis, rec
     hook, hook_url = receiver
     sim, owt_url = owt
     bridge = make_bridge(owt_config(tmp_path, owt_url, hook_url))
-    sim.fail_next(1, status=400, body={"error": {"code": 1201, "message": "Invalid room option"}})
+    sim.inject(400, body={"error": {"code": 1201, "message": "Invalid room option"}})
     bridge.start_worker()
     await post(client, bridge, "default", {"id": "evt_bad", "type": "lesson.scheduled", "lesson": {"id": "c2"}})
     (failed,) = await wait_until(lambda: hook.of_type("event.failed"))

@@ -121,7 +121,7 @@ async def test_failed_only_replay_after_a_provider_outage_makes_everything_succe
     failing = ["evt_a", "evt_b", "evt_c"]
     # The outage: the provider refuses each room look-up with a permanent error (400), so every job
     # fails for good on its first call (no retries) and each event produces an event.failed webhook.
-    sim.fail_next(len(failing), status=400, path_contains="/v1/rooms")
+    sim.inject(400, times=len(failing), path="/v1/rooms")
     answer = await client.post(url, json=[joined(e, lesson=f"lesson-{e}", user=str(n))
                                           for n, e in enumerate(failing)])
     assert answer.status_code == 202

@@ -1,5 +1,5 @@
-"""Failure injection shared by the HMS, OpenMeetings and BlendVision simulators: the next N matching
-calls get a canned answer (and/or a delay) before the simulator sees them."""
+"""Failure injection shared by the provider simulators (HMS, OpenMeetings, BlendVision, JaaS, OWT): the
+next N matching calls get a canned answer (and/or a delay) before the simulator sees them."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ class Injection:
     times: int = 1
     path: str | None = None            # only requests whose path contains this
     delay: float = 0.0
+    method: str | None = None          # only requests with this HTTP method
 
 
 class InjectionMixin:
@@ -31,18 +32,19 @@ class InjectionMixin:
         self.calls: list[tuple[str, str]] = []
 
     def inject(self, status: int | None = 503, *, times: int = 1, body: Any = None,
-               headers: dict[str, str] | None = None, path: str | None = None, delay: float = 0.0) -> None:
+               headers: dict[str, str] | None = None, path: str | None = None, delay: float = 0.0,
+               method: str | None = None) -> None:
         with self._lock:
-            self._injections.append(Injection(status, body, dict(headers or {}), times, path, delay))
+            self._injections.append(Injection(status, body, dict(headers or {}), times, path, delay, method))
 
     def clear_injections(self) -> None:
         with self._lock:
             self._injections.clear()
 
-    def _take_injection(self, path: str) -> Injection | None:
+    def _take_injection(self, method: str, path: str) -> Injection | None:
         with self._lock:
             for inj in self._injections:
-                if inj.times > 0 and (inj.path is None or inj.path in path):
+                if inj.times > 0 and (inj.path is None or inj.path in path) and inj.method in (None, method):
                     inj.times -= 1
                     if inj.times == 0:
                         self._injections.remove(inj)
@@ -53,24 +55,31 @@ class InjectionMixin:
         with self._lock:
             return sum(1 for m, p in self.calls if fragment in p and (method is None or m == method))
 
+    async def _intercept(self, method: str, path: str, default_body: Any) -> Response | None:
+        """Log the call and play the injection it matches: its canned answer, or None to answer normally.
+        With no `body`, the answer carries `default_body(status)`: JSON, text if a str, empty if None."""
+        with self._lock:
+            self.calls.append((method, path))
+        inj = self._take_injection(method, path)
+        if inj is None:
+            return None
+        if inj.delay:
+            await asyncio.sleep(inj.delay)
+        if inj.status is None:
+            return None
+        body = inj.body if inj.body is not None else default_body(inj.status)
+        if body is None:
+            return Response(status_code=inj.status, headers=inj.headers)
+        if isinstance(body, str):
+            return Response(body, status_code=inj.status, headers=inj.headers, media_type="text/plain")
+        return JSONResponse(body, status_code=inj.status, headers=inj.headers)
+
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, inner: Any,
                         default_body: Any) -> None:
-        if scope["type"] != "http":
+        response = None
+        if scope["type"] == "http":
+            response = await self._intercept(scope["method"], scope["path"], default_body)
+        if response is None:
             await inner(scope, receive, send)
-            return
-        with self._lock:
-            self.calls.append((scope["method"], scope["path"]))
-        inj = self._take_injection(scope["path"])
-        if inj is not None:
-            if inj.delay:
-                await asyncio.sleep(inj.delay)
-            if inj.status is not None:
-                body = inj.body if inj.body is not None else default_body(inj.status)
-                if isinstance(body, str):
-                    response: Response = Response(body, status_code=inj.status, headers=inj.headers,
-                                                  media_type="text/plain")
-                else:
-                    response = JSONResponse(body, status_code=inj.status, headers=inj.headers)
-                await response(scope, receive, send)
-                return
-        await inner(scope, receive, send)
+        else:
+            await response(scope, receive, send)

@@ -9,17 +9,17 @@ Usage::
     sim = JaasSim("vpaas-magic-cookie-abc")
     sim.add_key("vpaas-magic-cookie-abc/k1", private_key.public_key())
     with serve(sim.app) as base_url: ...          # tests/fakes/server.py
-    sim.fail_next(2, status=503)                   # the next two calls answer 503
+    sim.inject(503, times=2)                       # the next two calls answer 503 (tests/fakes/injection.py)
     sim.join(token)                                # a participant joins with a join token
+
+Injected answers come before any auth check (the call is still logged in `requests`); with no `body`, an
+error status gets JaaS's own error shape ``{"status", "error", "message"}`` and a success an empty body.
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
-import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
@@ -27,6 +27,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from tests.fakes.injection import InjectionMixin
 
 E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
 CONFERENCE = re.compile(r"^(?P<room>[^@\s]+)@conference\.(?P<app>[A-Za-z0-9_-]+)\.8x8\.vc$")
@@ -39,23 +41,14 @@ class SimError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-@dataclass
-class Injected:
-    status: int
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-    delay_s: float = 0.0
-    path_contains: str = ""
-
-
-class JaasSim:
+class JaasSim(InjectionMixin):
     """State + a Starlette `app`. Thread-safe enough for one test at a time (the app runs in a thread)."""
 
     def __init__(self, app_id: str, keys: dict[str, Any] | None = None, *, leeway_s: int = 30) -> None:
         self.app_id = app_id
         self.keys: dict[str, Any] = dict(keys or {})
         self.leeway_s = leeway_s
-        self._lock = threading.Lock()
+        self._init_injection()
         self.reset()
         self.app = Starlette(routes=[
             Route("/v1/_jaas/conference-commands/v1/meeting", self._meeting, methods=["POST"]),
@@ -68,27 +61,19 @@ class JaasSim:
     # ------------------------------------------------------------------ test helpers
 
     def reset(self) -> None:
+        self.clear_injections()
         with self._lock:
+            self.calls.clear()
             self.requests: list[dict[str, Any]] = []        # every request seen (method, path, auth, body)
             self.commands: list[dict[str, Any]] = []        # accepted commands
             self.conferences: dict[str, set[str]] = {}      # room -> participant ids present
-            self.calls: dict[str, set[str]] = {}            # room -> phone numbers dialled out
+            self.dialled: dict[str, set[str]] = {}          # room -> phone numbers dialled out
             self.banned_users: set[str] = set()
             self.banned_jwts: set[str] = set()
             self.destroyed: list[str] = []
-            self._injected: list[Injected] = []
 
     def add_key(self, kid: str, public_key: Any) -> None:
         self.keys[kid] = public_key
-
-    def fail_next(self, count: int = 1, *, status: int = 503, body: Any = None,
-                  headers: dict[str, str] | None = None, delay_s: float = 0.0, path_contains: str = "") -> None:
-        """Answer the next `count` matching calls with `status` (after `delay_s`), before any auth check."""
-        if body is None and status >= 400:
-            body = {"status": status, "error": "INJECTED", "message": f"injected {status}"}
-        with self._lock:
-            for _ in range(count):
-                self._injected.append(Injected(status, body, dict(headers or {}), delay_s, path_contains))
 
     def verify(self, token: str, *, admin: bool) -> dict[str, Any]:
         """Verify a JaaS JWT like the service does; raises SimError(401/403)."""
@@ -136,18 +121,10 @@ class JaasSim:
 
     # ------------------------------------------------------------------ HTTP plumbing
 
-    async def _injected_answer(self, request: Request) -> Response | None:
-        with self._lock:
-            chosen = next((i for i in self._injected if i.path_contains in request.url.path), None)
-            if chosen is not None:
-                self._injected.remove(chosen)
-        if chosen is None:
-            return None
-        if chosen.delay_s:
-            await asyncio.sleep(min(chosen.delay_s, 5.0))
-        if chosen.body is None:
-            return Response(status_code=chosen.status, headers=chosen.headers)
-        return JSONResponse(chosen.body, status_code=chosen.status, headers=chosen.headers)
+    @staticmethod
+    def _injected_body(status: int) -> dict[str, Any] | None:
+        """What an injected answer without a `body` carries: JaaS's error shape, or nothing on success."""
+        return {"status": status, "error": "INJECTED", "message": f"injected {status}"} if status >= 400 else None
 
     @staticmethod
     def _error(exc: SimError) -> JSONResponse:
@@ -181,7 +158,7 @@ class JaasSim:
 
     async def _handle(self, request: Request, handler: Any) -> Response:
         await self._record(request)
-        injected = await self._injected_answer(request)
+        injected = await self._intercept(request.method, request.url.path, self._injected_body)
         if injected is not None:
             return injected
         try:
@@ -227,14 +204,14 @@ class JaasSim:
             self.commands.append({"action": action, **payload})
             if action == "DESTROY":
                 self.conferences.pop(room, None)
-                self.calls.pop(room, None)
+                self.dialled.pop(room, None)
                 self.destroyed.append(room)
             elif action == "KICK_PARTICIPANT":
                 self.conferences.get(room, set()).discard(payload["participantId"])
             elif action == "DIAL_OUT_PARTICIPANT":
-                self.calls.setdefault(room, set()).add(payload["phoneNo"])
+                self.dialled.setdefault(room, set()).add(payload["phoneNo"])
             else:
-                self.calls.get(room, set()).discard(payload["phoneNo"])
+                self.dialled.get(room, set()).discard(payload["phoneNo"])
         return Response(status_code=200)
 
     async def _ban_user(self, request: Request) -> Response:

@@ -12,28 +12,30 @@ Usage::
     sim = OwtSim("svc-id", "svc-key")
     with serve(sim.app) as base_url: ...
     pid = sim.redeem(token)                 # a client joins with a token the API minted
-    sim.fail_next(1, status=503)
+    sim.inject(503)                         # the next call answers 503 (tests/fakes/injection.py)
+
+Injected answers come before any auth check (the call is still logged in `requests`); with no `body`, an
+error status gets OWT's own error shape ``{"error": {"code", "message"}}`` and a success an empty body.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
 import json
 import re
 import secrets
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+
+from tests.fakes.injection import InjectionMixin
 
 REALM_PREFIX = "MAuth realm=http://webrtc.intel.com"
 AUDIO_CODECS = {"opus", "pcmu", "pcma", "aac", "ac3", "nellymoser", "g722", "iSAC", "iLBC"}
@@ -52,16 +54,6 @@ class OwtError(Exception):
 
 def bad(message: str) -> OwtError:
     return OwtError(400, 1301, message)
-
-
-@dataclass
-class Injected:
-    status: int
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-    delay_s: float = 0.0
-    path_contains: str = ""
-    method: str = ""
 
 
 def _new_id() -> str:
@@ -137,7 +129,7 @@ def check_options(options: Any) -> None:
                 raise bad("views.video.layout.templates.base invalid")
 
 
-class OwtSim:
+class OwtSim(InjectionMixin):
     def __init__(self, service_id: str = "5f0c1a2b3c4d5e6f7a8b9c0d", service_key: str = "service-key",
                  *, host: str = "127.0.0.1:8080", window_ms: int = 300_000, monotonic: bool = False) -> None:
         self.service_id = service_id
@@ -146,7 +138,7 @@ class OwtSim:
         self.window_ms = window_ms
         self.monotonic = monotonic
         self.server_key = secrets.token_bytes(16)
-        self._lock = threading.Lock()
+        self._init_injection()
         self.reset()
         methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
         self.app = Starlette(routes=[Route("/{path:path}", self._entry, methods=methods)])
@@ -187,7 +179,9 @@ class OwtSim:
     # ------------------------------------------------------------------ state and helpers for tests
 
     def reset(self) -> None:
+        self.clear_injections()
         with self._lock:
+            self.calls.clear()
             self.rooms: dict[str, dict[str, Any]] = {}
             self.participants: dict[str, dict[str, dict[str, Any]]] = {}
             self.streams: dict[str, dict[str, dict[str, Any]]] = {}
@@ -197,17 +191,11 @@ class OwtSim:
             self.requests: list[dict[str, Any]] = []
             self._nonces: set[tuple[str, str]] = set()
             self._last_ts = 0
-            self._injected: list[Injected] = []
 
-    def fail_next(self, count: int = 1, *, status: int = 503, body: Any = None,
-                  headers: dict[str, str] | None = None, delay_s: float = 0.0, path_contains: str = "",
-                  method: str = "") -> None:
-        """Answer the next `count` matching calls with `status` (JSON body, or text if `body` is a str)."""
-        if body is None and status >= 400:
-            body = {"error": {"code": 2001, "message": f"injected {status}"}}
-        with self._lock:
-            for _ in range(count):
-                self._injected.append(Injected(status, body, dict(headers or {}), delay_s, path_contains, method))
+    @staticmethod
+    def _injected_body(status: int) -> dict[str, Any] | None:
+        """What an injected answer without a `body` carries: OWT's error shape, or nothing on success."""
+        return {"error": {"code": 2001, "message": f"injected {status}"}} if status >= 400 else None
 
     def add_room(self, name: str, **options: Any) -> str:
         """A room created behind the bridge's back (another tool, an operator)."""
@@ -296,18 +284,9 @@ class OwtSim:
         with self._lock:
             self.requests.append({"method": request.method, "path": path, "query": dict(request.query_params),
                                   "auth": auth, "body": raw.decode("utf-8", "replace")})
-            injected = next((i for i in self._injected if i.path_contains in path
-                             and (not i.method or i.method == request.method)), None)
-            if injected is not None:
-                self._injected.remove(injected)
+        injected = await self._intercept(request.method, path, self._injected_body)
         if injected is not None:
-            if injected.delay_s:
-                await asyncio.sleep(min(injected.delay_s, 5.0))
-            if isinstance(injected.body, str):
-                return PlainTextResponse(injected.body, injected.status, headers=injected.headers)
-            if injected.body is None:
-                return Response(status_code=injected.status, headers=injected.headers)
-            return JSONResponse(injected.body, injected.status, headers=injected.headers)
+            return injected
         try:
             with self._lock:
                 params = self._authenticate(auth)

@@ -269,9 +269,9 @@ async def test_kick_targets_lms_user_id(provider: JaasProvider, sim: JaasSim) ->
 
 async def test_dial_out_and_hang_up(provider: JaasProvider, sim: JaasSim) -> None:
     await provider.dial_out(LESSON, ROOM, "+40 747-777-777")
-    assert sim.calls[ROOM_NAME] == {"+40747777777"}
+    assert sim.dialled[ROOM_NAME] == {"+40747777777"}
     await provider.hang_up(LESSON, ROOM, "+40747777777")
-    assert sim.calls[ROOM_NAME] == set()
+    assert sim.dialled[ROOM_NAME] == set()
     assert _bodies(sim)[0] == {"action": "DIAL_OUT_PARTICIPANT", "payload": {
         "conferenceFullName": f"{ROOM_NAME}@conference.{APP}.8x8.vc", "phoneNo": "+40747777777"}}
     assert _bodies(sim)[1]["action"] == "HANG_UP_CALL"
@@ -317,14 +317,14 @@ async def test_wrong_private_key_is_a_permanent_auth_error(sim: JaasSim, sim_ser
 
 async def test_cached_admin_token_refused_is_reminted_once(provider: JaasProvider, sim: JaasSim) -> None:
     await provider.end_room(LESSON, ROOM)
-    sim.fail_next(1, status=401, body={"status": 401, "error": "UNAUTHORIZED", "message": "revoked"})
+    sim.inject(401, body={"status": 401, "error": "UNAUTHORIZED", "message": "revoked"})
     await provider.end_room(LESSON, ROOM)
     assert len(sim.requests) == 3 and len(sim.commands) == 2
     assert sim.requests[1]["auth"] != sim.requests[2]["auth"]
 
 
 async def test_5xx_is_retryable(provider: JaasProvider, sim: JaasSim) -> None:
-    sim.fail_next(1, status=503)
+    sim.inject(503)
     with pytest.raises(ProviderError) as info:
         await provider.kick(LESSON, ROOM, "42")
     assert info.value.retryable and info.value.status == 503
@@ -332,7 +332,7 @@ async def test_5xx_is_retryable(provider: JaasProvider, sim: JaasSim) -> None:
 
 
 async def test_429_honours_retry_after(provider: JaasProvider, sim: JaasSim) -> None:
-    sim.fail_next(1, status=429, headers={"Retry-After": "7"})
+    sim.inject(429, headers={"Retry-After": "7"})
     with pytest.raises(ProviderError) as info:
         await provider.dial_out(LESSON, ROOM, "+40747777777")
     assert info.value.retryable and info.value.retry_after == 7.0 and info.value.status == 429
@@ -340,14 +340,14 @@ async def test_429_honours_retry_after(provider: JaasProvider, sim: JaasSim) -> 
 
 async def test_429_with_http_date_retry_after(provider: JaasProvider, sim: JaasSim) -> None:
     when = datetime.fromtimestamp(time.time() + 30, UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
-    sim.fail_next(1, status=429, headers={"Retry-After": when})
+    sim.inject(429, headers={"Retry-After": when})
     with pytest.raises(ProviderError) as info:
         await provider.end_room(LESSON, ROOM)
     assert info.value.retryable and 20 <= (info.value.retry_after or 0) <= 31
 
 
 async def test_4xx_is_permanent_with_provider_code_and_message(provider: JaasProvider, sim: JaasSim) -> None:
-    sim.fail_next(1, status=400, body={"status": 400, "error": "BAD_REQUEST", "message": "room too long"})
+    sim.inject(400, body={"status": 400, "error": "BAD_REQUEST", "message": "room too long"})
     with pytest.raises(ProviderError) as info:
         await provider.end_room(LESSON, ROOM)
     assert not info.value.retryable and info.value.code == "BAD_REQUEST"
@@ -355,11 +355,11 @@ async def test_4xx_is_permanent_with_provider_code_and_message(provider: JaasPro
 
 
 async def test_404_on_destroy_kick_hang_up_means_already_done(provider: JaasProvider, sim: JaasSim) -> None:
-    sim.fail_next(3, status=404, body={"status": 404, "error": "NOT_FOUND", "message": "no such meeting"})
+    sim.inject(404, times=3, body={"status": 404, "error": "NOT_FOUND", "message": "no such meeting"})
     await provider.end_room(LESSON, ROOM)
     await provider.kick(LESSON, ROOM, "42")
     await provider.hang_up(LESSON, ROOM, "+40747777777")
-    sim.fail_next(1, status=404)
+    sim.inject(404)
     with pytest.raises(ProviderError) as info:          # a ban that misses is an error
         await provider.ban_user(LESSON, ROOM, "42")
     assert not info.value.retryable
@@ -406,7 +406,7 @@ async def test_timeout_is_retryable(rsa_key: rsa.RSAPrivateKey) -> None:
 
 
 async def test_slow_answer_times_out(sim: JaasSim, sim_server, rsa_key: rsa.RSAPrivateKey) -> None:
-    sim.fail_next(1, status=200, delay_s=0.6)
+    sim.inject(200, delay=0.6)
     async with httpx.AsyncClient(timeout=0.2) as client:
         provider = JaasProvider("jaas", settings(rsa_key, sim_server[1]), client)
         with pytest.raises(ProviderError) as info:

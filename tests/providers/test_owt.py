@@ -301,7 +301,7 @@ async def test_unknown_role_is_permanent(sim: OwtSim, sim_server, http: httpx.As
                                   base64.b64encode(b'{"host": "h"}').decode()])
 async def test_garbled_token_is_rejected(provider: OwtProvider, sim: OwtSim, text: str) -> None:
     room = await provider.create_room(LESSON)
-    sim.fail_next(1, status=200, body=text, path_contains="/tokens")
+    sim.inject(200, body=text, path="/tokens")
     with pytest.raises(ProviderError) as info:
         await provider.join(LESSON, room, STUDENT)
     assert info.value.code == "bad_token" and not info.value.retryable
@@ -446,7 +446,7 @@ async def test_wrong_service_key_is_permanent(sim: OwtSim, sim_server, http: htt
 
 
 async def test_5xx_is_retryable(provider: OwtProvider, sim: OwtSim) -> None:
-    sim.fail_next(2, status=503)
+    sim.inject(503, times=2)
     for _ in range(2):
         with pytest.raises(ProviderError) as info:
             await provider.create_room(LESSON)
@@ -455,14 +455,14 @@ async def test_5xx_is_retryable(provider: OwtProvider, sim: OwtSim) -> None:
 
 
 async def test_500_with_owt_error_body_is_retryable(provider: OwtProvider, sim: OwtSim) -> None:
-    sim.fail_next(1, status=500, body={"error": {"code": 1201, "message": "failed to call cluster"}})
+    sim.inject(500, body={"error": {"code": 1201, "message": "failed to call cluster"}})
     with pytest.raises(ProviderError) as info:
         await provider.create_room(LESSON)
     assert info.value.retryable and info.value.code == "1201" and "cluster" in info.value.message
 
 
 async def test_429_honours_retry_after(provider: OwtProvider, sim: OwtSim) -> None:
-    sim.fail_next(1, status=429, headers={"Retry-After": "12"})
+    sim.inject(429, headers={"Retry-After": "12"})
     with pytest.raises(ProviderError) as info:
         await provider.create_room(LESSON)
     assert info.value.retryable and info.value.retry_after == 12.0
@@ -470,11 +470,11 @@ async def test_429_honours_retry_after(provider: OwtProvider, sim: OwtSim) -> No
 
 async def test_4xx_is_permanent_with_owt_code(provider: OwtProvider, sim: OwtSim) -> None:
     room = await provider.create_room(LESSON)
-    sim.fail_next(1, status=403, body={"error": {"code": 1102, "message": "Permission denied"}})
+    sim.inject(403, body={"error": {"code": 1102, "message": "Permission denied"}})
     with pytest.raises(ProviderError) as info:
         await provider.join(LESSON, room, STUDENT)
     assert not info.value.retryable and info.value.code == "1102" and "Permission denied" in info.value.message
-    sim.fail_next(1, status=404, body={"error": {"code": 1002, "message": "Service not found"}})
+    sim.inject(404, body={"error": {"code": 1002, "message": "Service not found"}})
     with pytest.raises(ProviderError) as info:        # not "already gone": a real error
         await provider.delete_room(LESSON, room)
     assert info.value.code == "1002"
@@ -497,7 +497,7 @@ async def test_timeout_is_retryable() -> None:
 
 
 async def test_slow_answer_times_out(sim: OwtSim, sim_server) -> None:
-    sim.fail_next(1, status=200, body=[], delay_s=0.6)
+    sim.inject(200, body=[], delay=0.6)
     async with httpx.AsyncClient(timeout=0.2) as client:
         provider = OwtProvider("owt", settings(sim_server[1]), client)
         with pytest.raises(ProviderError) as info:
@@ -506,7 +506,7 @@ async def test_slow_answer_times_out(sim: OwtSim, sim_server) -> None:
 
 
 async def test_non_json_success_is_reported(provider: OwtProvider, sim: OwtSim) -> None:
-    sim.fail_next(1, status=200, body="<html>maintenance</html>")
+    sim.inject(200, body="<html>maintenance</html>")
     with pytest.raises(ProviderError) as info:
         await provider.create_room(LESSON)
     assert info.value.code == "bad_response"

@@ -200,8 +200,7 @@ service_key = "owt-service-key-for-tests"
 """).replace('provider = "sandbox"', 'provider = "owt"'))
         bridge = make_bridge(config)
         bridge.start_worker("recorder")
-        sim.fail_next(1, status=400, body={"error": {"code": 1201, "message": "bad url"}},
-                      path_contains="streaming-outs")
+        sim.inject(400, body={"error": {"code": 1201, "message": "bad url"}}, path="streaming-outs")
         answer = await client.post(f"{bridge.base_url}/v1/events/default", json={
             "id": "rec_owt", "type": "recording.start", "lesson": LESSON})        # listen + OWT streaming-out
         assert answer.status_code == 202
