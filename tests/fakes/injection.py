@@ -20,7 +20,6 @@ class Injection:
     times: int = 1
     path: str | None = None            # only requests whose path contains this
     delay: float = 0.0
-    method: str | None = None          # only requests with this HTTP method
 
 
 class InjectionMixin:
@@ -32,19 +31,18 @@ class InjectionMixin:
         self.calls: list[tuple[str, str]] = []
 
     def inject(self, status: int | None = 503, *, times: int = 1, body: Any = None,
-               headers: dict[str, str] | None = None, path: str | None = None, delay: float = 0.0,
-               method: str | None = None) -> None:
+               headers: dict[str, str] | None = None, path: str | None = None, delay: float = 0.0) -> None:
         with self._lock:
-            self._injections.append(Injection(status, body, dict(headers or {}), times, path, delay, method))
+            self._injections.append(Injection(status, body, dict(headers or {}), times, path, delay))
 
     def clear_injections(self) -> None:
         with self._lock:
             self._injections.clear()
 
-    def _take_injection(self, method: str, path: str) -> Injection | None:
+    def _take_injection(self, path: str) -> Injection | None:
         with self._lock:
             for inj in self._injections:
-                if inj.times > 0 and (inj.path is None or inj.path in path) and inj.method in (None, method):
+                if inj.times > 0 and (inj.path is None or inj.path in path):
                     inj.times -= 1
                     if inj.times == 0:
                         self._injections.remove(inj)
@@ -60,7 +58,7 @@ class InjectionMixin:
         With no `body`, the answer carries `default_body(status)`: JSON, text if a str, empty if None."""
         with self._lock:
             self.calls.append((method, path))
-        inj = self._take_injection(method, path)
+        inj = self._take_injection(path)
         if inj is None:
             return None
         if inj.delay:
