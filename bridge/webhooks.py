@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import httpx
 import structlog
 from arq.connections import ArqRedis
+from redis.commands.core import AsyncScript
 
 from bridge import metrics
 from bridge.config import Settings, SourceConfig
@@ -59,6 +60,10 @@ end
 local stored = redis.call('HMGET', KEYS[1], 'status', 'payload')
 return {stored[1], stored[2], redis.call('EXISTS', KEYS[3])}
 """
+
+# EVALSHA rather than EVAL: the script text is not sent and hashed again by Redis on every webhook.
+# Given as bytes, the script needs no client to compute its hash; each call passes its own.
+_record_webhook = AsyncScript(None, RECORD_SCRIPT.encode())  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -96,9 +101,9 @@ async def emit(redis: ArqRedis, source: SourceConfig, ref: str, webhook_type: st
                          separators=(",", ":"))
     deliver = bool(source.webhook_url) and wants(source, webhook_type)
     status = "pending" if deliver else "not_sent"
-    current, stored, disabled = await redis.eval(
-        RECORD_SCRIPT, 3, delivery_key(msg_id), produced_key(ref), endpoint_disabled_key(source.name), payload,
-        source.name, webhook_type, ref, status, now, RECORD_TTL_S, msg_id)
+    current, stored, disabled = await _record_webhook(
+        keys=[delivery_key(msg_id), produced_key(ref), endpoint_disabled_key(source.name)],
+        args=[payload, source.name, webhook_type, ref, status, now, RECORD_TTL_S, msg_id], client=redis)
     if current != b"pending":
         return msg_id, None
     return msg_id, Outbound(msg_id, stored, ref, bool(disabled))
