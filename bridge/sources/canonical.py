@@ -48,6 +48,12 @@ def _time(obj: dict[str, Any], key: str, path: str) -> str | None:
     value = _string(obj, key, path)
     if value is None:
         return None
+    if len(value) == 20 and value[19] == "Z" and value[4] + value[7] + value[10] + value[13] + value[16] == "--T::":
+        try:                     # already canonical (YYYY-MM-DDTHH:MM:SSZ): check the numbers, keep it as is
+            datetime.fromisoformat(value[:19])
+            return value
+        except ValueError:
+            pass                 # the general path below names the problem
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
