@@ -6,7 +6,6 @@ import asyncio
 import hmac
 import json
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +30,7 @@ RETRY_AFTER_S = "5"
 MAX_WAIT_S = 10
 FINAL = ("ok", "failed")
 MAX_GROUP = 256          # requests per grouped accept call (each holds at most max_batch events)
+MAX_IN_FLIGHT = 8        # accept calls at once, each on its own Redis connection (the pool holds 200)
 
 
 @dataclass
@@ -134,35 +134,40 @@ class AcceptBatcher:
 
     Each call is still one atomic script run, so every request stays all-or-nothing and duplicates
     across requests (and across calls in flight together) are still caught; the Redis round trip
-    and client overhead are paid once per group instead of once per request. A group never waits
-    for an earlier call to return: that would make every request queue behind a whole round trip.
+    and client overhead are paid once per group instead of once per request. A group does not wait
+    for earlier calls to return (every request would queue behind a whole round trip), up to
+    MAX_IN_FLIGHT calls; past that, requests wait here and go together in the next call.
     """
 
     def __init__(self, redis: Redis, script: AsyncScript, dedupe_ttl_ms: int) -> None:
         self.redis, self.script, self.dedupe_ttl_ms = redis, script, dedupe_ttl_ms
         self.waiting: list[tuple[list[EventRecord], asyncio.Future[list[Any]]]] = []
-        self.in_flight: set[asyncio.Task[None]] = set()
+        self.in_flight: set[asyncio.Task[None]] = set()   # also the references that keep the tasks alive
+        self.sender_due = False
 
     async def submit(self, records: list[EventRecord]) -> list[Any]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Any]] = loop.create_future()
-        if not self.waiting:
-            self._start(self._send_waiting())       # runs next turn, after this turn's requests joined
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self.waiting.append((records, future))
+        self._send_soon()
         return await future
 
-    def _start(self, call: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(call)
-        self.in_flight.add(task)                    # a reference, so the task can't be collected mid-call
-        task.add_done_callback(self.in_flight.discard)
+    def _send_soon(self) -> None:
+        """Start a call for what waits, unless one is due to start anyway or all are busy. It starts
+        next turn, so it carries every request of this turn."""
+        if self.waiting and not self.sender_due and len(self.in_flight) < MAX_IN_FLIGHT:
+            self.sender_due = True
+            task = asyncio.get_running_loop().create_task(self._send())
+            self.in_flight.add(task)
+            task.add_done_callback(self._sent)
 
-    async def _send_waiting(self) -> None:
-        waiting, self.waiting = self.waiting, []
-        for start in range(MAX_GROUP, len(waiting), MAX_GROUP):
-            self._start(self._send(waiting[start:start + MAX_GROUP]))
-        await self._send(waiting[:MAX_GROUP])
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self.in_flight.discard(task)
+        self._send_soon()
 
-    async def _send(self, group: list[tuple[list[EventRecord], asyncio.Future[list[Any]]]]) -> None:
+    async def _send(self) -> None:
+        self.sender_due = False
+        group, self.waiting = self.waiting[:MAX_GROUP], self.waiting[MAX_GROUP:]
+        self._send_soon()                          # more than one group waits: the next one goes too
         records = [record for batch, _ in group for record in batch]
         try:
             keys, args = accept_call(records, self.dedupe_ttl_ms, int(time.time() * 1000))

@@ -7,6 +7,7 @@ import base64
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -14,9 +15,10 @@ import redis.asyncio as aioredis
 from starlette.requests import Request
 
 from bridge.errors import ApiError
-from bridge.intake import read_body
+from bridge.intake import MAX_IN_FLIGHT, AcceptBatcher, read_body
+from bridge.routing import plan
 from bridge.signing import sign
-from bridge.store import EVENT_LOG, WORKER_QUEUE
+from bridge.store import ACCEPT_SCRIPT, EVENT_LOG, WORKER_QUEUE, EventRecord
 from tests.conftest import FIXTURES, MOODLE_TOKEN, write_config
 
 EVENT = {"id": "evt_1", "type": "user.joined", "lesson": {"id": "c12-l7", "title": "Algebra I"},
@@ -281,3 +283,31 @@ async def test_sandbox_join_link_opens_a_page_only_with_its_token(make_bridge, c
     forged = await client.get(f"{bridge.base_url}/sandbox/c12-l7", params={"token": token[:-4] + "AAAA"})
     assert other_room.status_code == forged.status_code == 401
     assert forged.json()["error"]["code"] == "bad_token"
+
+
+async def test_accept_calls_in_flight_are_bounded_when_redis_is_slow(redis) -> None:
+    """A Redis that answers slowly must not get one new call (and connection) per loop turn."""
+    real = redis.register_script(ACCEPT_SCRIPT)
+    active = peak = 0
+
+    async def slow_accept(keys: list[str], args: list[Any], client: aioredis.Redis) -> Any:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        try:
+            await asyncio.sleep(0.05)               # the stall, before the real call
+            return await real(keys=keys, args=args, client=client)
+        finally:
+            active -= 1
+
+    batcher = AcceptBatcher(redis, slow_accept, 60_000)  # type: ignore[arg-type]
+    submitted = []
+    for n in range(60):                             # one request per loop turn, far more turns than calls
+        event = {**EVENT, "id": f"evt_slow_{n}"}
+        record = EventRecord("default", event["id"], "2026-11-25T00:00:00Z", event, event, plan("default", event))
+        submitted.append(asyncio.create_task(batcher.submit([record])))
+        await asyncio.sleep(0)
+    results = await asyncio.wait_for(asyncio.gather(*submitted), timeout=10)
+    assert peak == MAX_IN_FLIGHT                    # busy enough to reach the cap, never past it
+    assert [int(result[1]) for result in results] == [1] * 60
+    assert await redis.xlen(EVENT_LOG) == 60 and await redis.zcard(WORKER_QUEUE) == 60
