@@ -43,7 +43,6 @@ NOOP_WORKER = """
 import asyncio
 import uvloop
 from arq.worker import Worker, func
-from bridge.store import arq_redis_settings
 from workers.settings import worker_settings
 from bridge.config import load_settings
 from bridge.processes import tune_gc_for_service

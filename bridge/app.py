@@ -27,7 +27,7 @@ from bridge.intake import AcceptBatcher, receive
 from bridge.processes import tune_gc_for_service
 from bridge.providers.sandbox import SandboxProvider
 from bridge.responses import JSONResponse
-from bridge.store import ACCEPT_SCRIPT, WORKER_QUEUE, health_check_key, redis_client
+from bridge.store import ACCEPT_SCRIPT, WEB_CLIENT_NAME, WORKER_QUEUE, health_check_key, redis_client
 
 log = structlog.get_logger("bridge.web")
 
@@ -67,7 +67,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        client = redis or redis_client(settings.redis_url or "redis://127.0.0.1:6379")
+        client = redis or redis_client(settings.redis_url or "redis://127.0.0.1:6379", WEB_CLIENT_NAME)
         state["redis"] = client
         state["batcher"] = AcceptBatcher(client, client.register_script(ACCEPT_SCRIPT),
                                          settings.dedupe_window_s * 1000)

@@ -18,10 +18,11 @@ from bridge import logs
 from bridge.config import ConfigError, Settings, load_settings
 from bridge.embedded import EmbeddedRedis
 from bridge.processes import die_with_parent, wait_for_port
-from bridge.store import RECORDER_QUEUE, WORKER_QUEUE
+from bridge.store import RECORDER_QUEUE, WORKER_QUEUE, wait_for_redis
 
 EMBEDDED_REDIS_PORT = 6390
 STOP_TIMEOUT_S = 25
+REDIS_START_WAIT_S = 30     # a worker started before Redis (a fresh deploy) waits for it
 log = structlog.get_logger("bridge.cli")
 
 
@@ -86,6 +87,7 @@ def _run_worker(queue: str) -> None:
     settings, embedded = _ensure_redis(_settings())
     try:
         worker = Worker(**worker_settings(settings, queue))
+        worker.loop.run_until_complete(wait_for_redis(worker.pool, REDIS_START_WAIT_S))
         if queue == RECORDER_QUEUE:
             _stop_recordings_on_signal(worker)
         worker.run()

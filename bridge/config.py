@@ -59,6 +59,7 @@ class Settings:
     dedupe_window_s: int = 7 * 24 * 3600
     job_timeout_s: int = 120
     job_retry_base_s: float = 1.0
+    worker_redis_connections: int = 30
     event_retention_s: int = 30 * 24 * 3600
     event_retention_max: int = 1_000_000
     recording_dir: Path = Path("var/recordings")
@@ -227,6 +228,7 @@ def _settings_from(raw: Mapping[str, Any], env: Mapping[str, str], origin: str) 
         dedupe_window_s=int(bridge.positive("dedupe_window_s", 7 * 24 * 3600)),
         job_timeout_s=int(bridge.positive("job_timeout_s", 120)),
         job_retry_base_s=float(bridge.positive("job_retry_base_s", 1.0)),
+        worker_redis_connections=int(bridge.positive("worker_redis_connections", 30)),
         event_retention_s=int(bridge.positive("event_retention_s", 30 * 24 * 3600)),
         event_retention_max=int(bridge.positive("event_retention_max", 1_000_000)),
         recording_dir=Path(recording.get("dir", str, str(data_dir / "recordings"))).absolute(),

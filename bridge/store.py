@@ -6,13 +6,16 @@ so that the dedupe check, the event-log append and the enqueue are one atomic ro
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlparse
 
 import orjson
 import redis.asyncio as aioredis
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, result_key_prefix
+from redis.exceptions import RedisError
 
 PREFIX = "lb:"
 EVENT_LOG = f"{PREFIX}events"                          # stream: one entry per accepted event
@@ -219,18 +222,41 @@ def _without_query_option(url: str, name: str) -> str:
     return parsed._replace(query=query).geturl()
 
 
-def redis_client(url: str) -> aioredis.Redis:
+# CLIENT LIST shows whose connections these are.
+WEB_CLIENT_NAME = "lesson-bridge-web"
+WORKER_CLIENT_NAME = "lesson-bridge-worker"
+TOOL_CLIENT_NAME = "lesson-bridge-cli"
+
+
+def redis_client(url: str, client_name: str = TOOL_CLIENT_NAME) -> aioredis.Redis:
     """A client that fails fast: intake answers 503 rather than hanging when Redis is away."""
     return aioredis.from_url(
         _without_query_option(url, "ssl_cert_reqs"), socket_connect_timeout=2, socket_timeout=5,
-        retry_on_timeout=False, max_connections=200, **_tls_options(url),
+        retry_on_timeout=False, max_connections=200, client_name=client_name, **_tls_options(url),
     )
+POOL_WAIT_S = 20
 
 
-def arq_redis_settings(url: str) -> RedisSettings:
-    settings = RedisSettings.from_dsn(_without_query_option(url, "ssl_cert_reqs"))
-    tls = _tls_options(url)
-    if tls:
-        settings.ssl_cert_reqs = tls["ssl_cert_reqs"]
-    settings.conn_retries = 30      # a worker started before Redis waits for it instead of dying
-    return settings
+def worker_redis(url: str, max_connections: int, queue: str) -> ArqRedis:
+    """The arq client of a worker process, with at most `max_connections` connections.
+
+    arq's own pool fails a command outright when it is out of connections; this one makes it wait
+    for a free one, so a worker running many jobs stays inside a small Redis plan's client limit.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
+        _without_query_option(url, "ssl_cert_reqs"), max_connections=max_connections, timeout=POOL_WAIT_S,
+        socket_connect_timeout=5, client_name=WORKER_CLIENT_NAME, **_tls_options(url))
+    return ArqRedis(pool, job_serializer=serialize_arq, job_deserializer=deserialize_arq, default_queue_name=queue)
+
+
+async def wait_for_redis(redis: aioredis.Redis, seconds: float) -> None:
+    """Until Redis answers (a worker may start before it); the last error after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            await redis.ping()
+            return
+        except (RedisError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(1)

@@ -9,7 +9,7 @@ import tomllib
 import pytest
 
 from bridge.config import ConfigError, load_settings
-from bridge.store import arq_redis_settings, redis_client
+from bridge.store import redis_client, worker_redis
 from tests.conftest import ROOT
 
 
@@ -40,16 +40,17 @@ def test_rediss_url_with_self_signed_certificate_settings() -> None:
     # As some add-ons hand it out: the option in the URL itself.
     url = "rediss://:secret@redis.example:6380/0?ssl_cert_reqs=none"
     assert redis_client(url).connection_pool.connection_kwargs["ssl_cert_reqs"] == "none"
-    assert arq_redis_settings(url).ssl and arq_redis_settings(url).ssl_cert_reqs == "none"
+    assert worker_redis(url, 5, "q").connection_pool.connection_kwargs["ssl_cert_reqs"] == "none"
     # As Heroku Key-Value Store hands it out: a plain rediss:// URL nobody can edit, plus REDIS_SSL_CERT_REQS.
     env = {"REDIS_URL": "rediss://:secret@redis.example:6380", "REDIS_SSL_CERT_REQS": "none"}
     settings = load_settings(env)
     client = redis_client(settings.redis_url)
     assert client.connection_pool.connection_kwargs["ssl_cert_reqs"] == "none"
     assert client.connection_pool.connection_kwargs["password"] == "secret"
-    arq = arq_redis_settings(settings.redis_url)
-    assert arq.ssl and arq.ssl_cert_reqs == "none" and (arq.host, arq.port, arq.password) == (
-        "redis.example", 6380, "secret")
+    worker = worker_redis(settings.redis_url, 5, "q").connection_pool
+    kwargs = worker.connection_kwargs
+    assert worker.connection_class.__name__ == "SSLConnection" and kwargs["ssl_cert_reqs"] == "none"
+    assert (kwargs["host"], kwargs["port"], kwargs["password"]) == ("redis.example", 6380, "secret")
     # Verification stays on unless asked for, and the knob never touches plain redis:// URLs.
     verified = load_settings({"REDIS_URL": "rediss://redis.example:6380"}).redis_url
     assert redis_client(verified).connection_pool.connection_kwargs["ssl_cert_reqs"] == "required"

@@ -11,11 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from arq.connections import create_pool
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bridge.embedded import EmbeddedRedis
-from bridge.store import arq_redis_settings, job_runs_key, redis_client
+from bridge.store import job_runs_key, redis_client, worker_redis
 from tests.conftest import default_config, wait_until
 from tests.fakes.tls import self_signed
 
@@ -71,9 +70,9 @@ async def test_self_signed_tls_is_refused_unless_asked_and_works_when_asked(tls_
     relaxed = redis_client(f"{tls_redis_url}?ssl_cert_reqs=none")
     assert await relaxed.ping()
     await relaxed.aclose()
-    arq = await create_pool(arq_redis_settings(f"{tls_redis_url}?ssl_cert_reqs=none"))
-    assert await arq.ping()
-    await arq.aclose()
+    worker = worker_redis(f"{tls_redis_url}?ssl_cert_reqs=none", 5, "arq:queue")
+    assert await worker.ping()
+    await worker.aclose()
 
 
 async def test_events_flow_through_tls_with_redis_ssl_cert_reqs(make_bridge, client, redis, tls_redis_url,

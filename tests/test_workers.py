@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 
 import redis.asyncio as aioredis
 from arq.constants import retry_key_prefix
 
-from bridge.store import WORKER_QUEUE, job_runs_key
+from bridge.store import WORKER_CLIENT_NAME, WORKER_QUEUE, job_runs_key
 from tests.conftest import MOODLE_TOKEN, WEBHOOK_SECRET, default_config, wait_until, worker_ready
 from tests.test_intake import EVENT, moodle_fixture
 from workers.jobs import MAX_TRIES
@@ -71,6 +72,26 @@ async def test_a_job_whose_runs_keep_dying_reports_event_failed(make_bridge, cli
     assert not hook.of_type("join.ready")
     run = json.loads(await redis.hget(job_runs_key("default:evt_1"), "user_joined"))
     assert run["status"] == "failed" and run["try"] == MAX_TRIES + 1
+
+
+async def test_a_worker_stays_within_its_redis_connection_cap(make_bridge, client, redis, receiver,
+                                                             tmp_path) -> None:
+    hook, hook_url = receiver
+    config = default_config(tmp_path, hook_url, extra="worker_redis_connections = 2")
+    config.write_text(config.read_text().replace('kind = "sandbox"', 'kind = "sandbox"\ndelay_s = 0.2'))
+    bridge = make_bridge(config)
+    events = [{**EVENT, "id": f"evt_cap_{n}", "user": {"id": str(n)}} for n in range(40)]
+    assert (await client.post(f"{bridge.base_url}/v1/events/default", json=events)).status_code == 202
+    bridge.start_worker()
+    peak = 0
+    for _ in range(3000):                        # jobs run 40 at once, each sleeping in the provider
+        clients = await redis.client_list()
+        peak = max(peak, sum(c.get("name") == WORKER_CLIENT_NAME for c in clients))
+        if len(hook.of_type("join.ready")) == 40:
+            break
+        await asyncio.sleep(0.01)
+    assert len(hook.of_type("join.ready")) == 40
+    assert 1 <= peak <= 2
 
 
 async def test_sigterm_drains_in_flight_jobs(make_bridge, client, redis, receiver, tmp_path) -> None:

@@ -17,7 +17,7 @@ from bridge.providers import build_provider
 from bridge.recorder import reclaim_loop, recorder_config
 from bridge.replay import trim_job
 from bridge.routing import JOBS_BY_TYPE
-from bridge.store import RECORDER_QUEUE, WORKER_QUEUE, arq_redis_settings, deserialize_arq, serialize_arq
+from bridge.store import RECORDER_QUEUE, WORKER_QUEUE, deserialize_arq, serialize_arq, worker_redis
 from workers.jobs import MAX_TRIES, deliver_webhook, event_job
 
 RECORDER_GRACE_S = 300      # joining parts and probing after the longest recording
@@ -66,7 +66,8 @@ def worker_settings(settings: Settings, queue: str = WORKER_QUEUE) -> dict[str, 
     return {
         "functions": functions,
         "queue_name": queue,
-        "redis_settings": arq_redis_settings(settings.redis_url or "redis://127.0.0.1:6379"),
+        "redis_pool": worker_redis(settings.redis_url or "redis://127.0.0.1:6379", settings.worker_redis_connections,
+                                   queue),
         "on_startup": startup,
         "on_shutdown": shutdown,
         "max_jobs": 60 if recorder else 50,
