@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+from pathlib import Path
 
 import redis.asyncio as aioredis
 from arq.constants import retry_key_prefix
@@ -18,6 +19,13 @@ from workers.jobs import MAX_TRIES
 async def queue_idle(redis: aioredis.Redis) -> bool:
     in_progress = [key async for key in redis.scan_iter("arq:in-progress:*")]
     return await redis.zcard(WORKER_QUEUE) == 0 and not in_progress
+
+
+def slow_sandbox_config(tmp_path: Path, hook_url: str, extra: str, delay_s: float) -> Path:
+    """The default config with [bridge] `extra` and a sandbox that takes `delay_s` per call, so jobs overlap."""
+    config = default_config(tmp_path, hook_url, extra=extra)
+    config.write_text(config.read_text().replace('kind = "sandbox"', f'kind = "sandbox"\ndelay_s = {delay_s}'))
+    return config
 
 
 async def test_duplicate_event_is_processed_once(make_bridge, client, redis, receiver) -> None:
@@ -38,9 +46,7 @@ async def test_duplicate_event_is_processed_once(make_bridge, client, redis, rec
 async def test_sigkilled_worker_jobs_all_complete_on_a_new_worker(make_bridge, client, redis, receiver,
                                                                   tmp_path) -> None:
     hook, hook_url = receiver
-    config = default_config(tmp_path, hook_url, extra="job_timeout_s = 3")
-    config.write_text(config.read_text().replace('kind = "sandbox"', 'kind = "sandbox"\ndelay_s = 1.5'))
-    bridge = make_bridge(config)
+    bridge = make_bridge(slow_sandbox_config(tmp_path, hook_url, "job_timeout_s = 3", delay_s=1.5))
     events = [{**EVENT, "id": f"evt_{n}", "user": {"id": str(n), "name": f"User {n}"}} for n in range(20)]
     assert (await client.post(f"{bridge.base_url}/v1/events/default", json=events)).status_code == 202
     first = bridge.start_worker()
@@ -77,9 +83,7 @@ async def test_a_job_whose_runs_keep_dying_reports_event_failed(make_bridge, cli
 async def test_a_worker_stays_within_its_redis_connection_cap(make_bridge, client, redis, receiver,
                                                              tmp_path) -> None:
     hook, hook_url = receiver
-    config = default_config(tmp_path, hook_url, extra="worker_redis_connections = 2")
-    config.write_text(config.read_text().replace('kind = "sandbox"', 'kind = "sandbox"\ndelay_s = 0.2'))
-    bridge = make_bridge(config)
+    bridge = make_bridge(slow_sandbox_config(tmp_path, hook_url, "worker_redis_connections = 2", delay_s=0.2))
     events = [{**EVENT, "id": f"evt_cap_{n}", "user": {"id": str(n)}} for n in range(40)]
     assert (await client.post(f"{bridge.base_url}/v1/events/default", json=events)).status_code == 202
     bridge.start_worker()
