@@ -24,7 +24,6 @@ from bridge.admin import admin_routes
 from bridge.config import Settings
 from bridge.errors import ApiError, error_response
 from bridge.intake import AcceptBatcher, receive
-from bridge.processes import tune_gc_for_service
 from bridge.providers.sandbox import SandboxProvider
 from bridge.responses import JSONResponse
 from bridge.store import ACCEPT_SCRIPT, WEB_CLIENT_NAME, WORKER_QUEUE, health_check_key, redis_client
@@ -72,7 +71,6 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
         state["batcher"] = AcceptBatcher(client, client.register_script(ACCEPT_SCRIPT),
                                          settings.dedupe_window_s * 1000)
         state["metrics"] = metrics.IntakeMetrics(client, settings.sources).start()
-        tune_gc_for_service()
         try:
             yield
         finally:

@@ -17,7 +17,7 @@ import structlog
 from bridge import logs
 from bridge.config import ConfigError, Settings, load_settings
 from bridge.embedded import EmbeddedRedis
-from bridge.processes import die_with_parent, wait_for_port
+from bridge.processes import die_with_parent, tune_gc_for_service, wait_for_port
 from bridge.store import RECORDER_QUEUE, WORKER_QUEUE, wait_for_redis
 
 EMBEDDED_REDIS_PORT = 6390
@@ -51,7 +51,9 @@ def web_app() -> object:
     """uvicorn factory (import string, so WEB_CONCURRENCY processes each build their own app)."""
     from bridge.app import create_app
     logs.configure()
-    return create_app(_settings())
+    app = create_app(_settings())
+    tune_gc_for_service()         # here, not in create_app: the in-process apps of the tests leave GC alone
+    return app
 
 
 def _exit_cleanly(signum: int, _frame: object) -> None:
