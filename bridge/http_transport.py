@@ -4,9 +4,9 @@ httpcore 1.0's connection pool does bookkeeping proportional to connections time
 on every request (encode/httpcore#1035, still open in 1.0.9). A worker runs up to 50 jobs at once,
 each posting to the same LMS endpoint or provider: through one pool (200 connections, 50 kept alive),
 50 concurrent POSTs cost ~0.83 ms of CPU each here; through one-connection transports, ~0.36 ms,
-the cost of a single request in isolation. So each request takes an idle one-connection transport for its origin
-(the most recently used, whose connection is warmest) or makes one, and gives it back when its
-response is closed.
+the cost of a single request in isolation. So each request takes an idle one-connection transport
+for its origin (the most recently used, whose connection is warmest) or makes one, and gives it
+back when its response is closed.
 """
 
 from __future__ import annotations
