@@ -30,7 +30,8 @@ class Runtime:
 
     settings: Settings
     redis: ArqRedis
-    http: httpx.AsyncClient
+    http: httpx.AsyncClient                      # providers' calls
+    webhooks: httpx.AsyncBaseTransport           # webhook deliveries (the same connections as `http`)
     providers: dict[str, Provider]
     recording: RecorderConfig | None = None      # recorder processes only
 
@@ -97,7 +98,8 @@ class Job:
     async def flush(self) -> None:
         """Make the first delivery attempt of every webhook this job has produced so far."""
         pending, self.pending = self.pending, []
-        await asyncio.gather(*(deliver_outbound(self.rt.redis, self.rt.http, self.rt.settings, self.source, outbound, 0)
+        rt = self.rt
+        await asyncio.gather(*(deliver_outbound(rt.redis, rt.webhooks, rt.settings, self.source, outbound, 0)
                                for outbound in pending))
 
 

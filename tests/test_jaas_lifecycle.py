@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bridge.config import load_settings
+from bridge.http_transport import ConnectionPerRequestTransport
 from bridge.lifecycle import Job, Runtime, call_dial_out
 from bridge.providers import build_provider
 from tests.conftest import WEBHOOK_SECRET, wait_until, write_config
@@ -87,7 +88,7 @@ async def test_dial_out_job_run_twice_dials_once(redis, redis_server, jaas, key,
              "lesson": {"id": "c12-l7", "title": "", "provider": "jaas", "record": False}}
     async with httpx.AsyncClient() as http:
         provider = build_provider("jaas", "jaas", settings.providers["jaas"].settings, http)
-        runtime = Runtime(settings, redis, http, {"jaas": provider})
+        runtime = Runtime(settings, redis, http, ConnectionPerRequestTransport(), {"jaas": provider})
         for _ in range(2):          # the same job again, as after a crash between the call and the ack
             await call_dial_out(Job(runtime, settings.sources["default"], "default:evt_dial", event, None))
     dials = [c for c in sim.commands if "DIAL" in str(c)]

@@ -1,4 +1,5 @@
-"""The SSRF check's approved address is the one connected to: no second DNS answer, TLS still by name."""
+"""Where and how a webhook goes: the SSRF check's approved address is the one connected to (TLS still
+verified by name), and no cookie from an earlier answer rides along."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
+from bridge.config import load_settings
 from bridge.http_transport import ConnectionPerRequestTransport
-from bridge.webhooks import Destination, UnsafeDestination, checked_destination
+from bridge.webhooks import Destination, UnsafeDestination, attempt, checked_destination
+from tests.conftest import default_config
 from tests.fakes.tls import self_signed
 
 
@@ -73,3 +76,39 @@ async def test_a_pinned_address_reaches_the_server_as_the_name_over_verified_tls
                 await http.post(pinned.url, content=b"{}", headers=pinned.headers)
     finally:
         server.close()
+
+
+async def test_deliveries_carry_no_cookie_an_earlier_answer_set(tmp_path: Path, redis_server) -> None:
+    """Moodle answers every request with a session cookie: it must not ride along on later webhooks."""
+    requests: list[dict[str, str]] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode().split("\r\n")[1:-2]
+                fields = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+                await reader.readexactly(int(fields["content-length"]))
+                requests.append(fields)
+                writer.write(b"HTTP/1.1 200 OK\r\nset-cookie: MoodleSession=abc123; path=/\r\n"
+                             b"content-length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"
+    settings = load_settings({"BRIDGE_CONFIG": str(default_config(tmp_path, url)), "REDIS_URL": redis_server.url})
+    source = settings.sources["default"]
+    transport = ConnectionPerRequestTransport()
+    try:
+        for n in range(2):
+            result, answer, _ = await attempt(transport, settings, source, f"msg_{n}", b'{"type":"x"}')
+            assert result.status == 200 and answer == "ok"
+    finally:
+        await transport.aclose()
+        server.close()
+    assert [r.get("cookie") for r in requests] == [None, None]
+    assert requests[1]["user-agent"] == "lesson-bridge" and requests[1]["webhook-id"] == "msg_1"

@@ -109,6 +109,6 @@ async def deliver_webhook(ctx: dict[str, Any], webhook_id: str, attempt: int) ->
     rt: Runtime = ctx["bridge"]
     structlog.contextvars.clear_contextvars()
     started = time.perf_counter()
-    status = await deliver(rt.redis, rt.http, rt.settings, webhook_id, attempt)
+    status = await deliver(rt.redis, rt.webhooks, rt.settings, webhook_id, attempt)
     await metrics.observe_job(rt.redis, "deliver_webhook", status, time.perf_counter() - started)
     return status

@@ -42,11 +42,12 @@ def worker_settings(settings: Settings, queue: str = WORKER_QUEUE) -> dict[str, 
     recorder = queue == RECORDER_QUEUE
 
     async def startup(ctx: dict[str, Any]) -> None:
-        http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0), transport=ConnectionPerRequestTransport())
+        transport = ConnectionPerRequestTransport()
+        http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0), transport=transport)
         providers = {name: build_provider(name, cfg.kind, cfg.settings, http)
                      for name, cfg in settings.providers.items()}
-        ctx["bridge"] = Runtime(settings=settings, redis=ctx["redis"], http=http, providers=providers,
-                                recording=recorder_config(settings) if recorder else None)
+        ctx["bridge"] = Runtime(settings=settings, redis=ctx["redis"], http=http, webhooks=transport,
+                                providers=providers, recording=recorder_config(settings) if recorder else None)
         if recorder:
             ctx["reclaim"] = asyncio.ensure_future(reclaim_loop(ctx["redis"], settings))
         tune_gc_for_service()
