@@ -26,7 +26,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -99,6 +99,16 @@ class Problems:
             self.add(path, f"must be {what}")
             return False
         return True
+
+    def patch_items(self, items: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Each item of a PATCH body's list with its path, once the list itself is a non-empty list."""
+        if not self.kind("items", items, list, "a list"):
+            return
+        if not items:
+            self.add("items", "must not be empty")
+        for i, item in enumerate(items):
+            if self.kind(f"items[{i}]", item, dict, "an object {op, path, value}"):
+                yield f"items[{i}]", item
 
     def int_range(self, path: str, value: Any, low: int, high: int | None = None) -> None:
         if self.kind(path, value, int, "a whole number") and (value < low or (high is not None and value > high)):
@@ -300,12 +310,7 @@ def _check_media_out(p: Problems, media_out: Mapping[str, Any]) -> None:
 
 def validate_participant_update(items: Any) -> list[str]:
     p = Problems()
-    if not p.kind("items", items, list, "a list") or not items:
-        return p.items or ["items: must not be empty"]
-    for i, item in enumerate(items):
-        path = f"items[{i}]"
-        if not p.kind(path, item, dict, "an object {op, path, value}"):
-            continue
+    for path, item in p.patch_items(items):
         if item.get("op") != "replace":
             p.add(f"{path}.op", "must be 'replace'")
         target = item.get("path")
@@ -324,12 +329,7 @@ def validate_participant_update(items: Any) -> list[str]:
 
 def validate_stream_update(items: Any) -> list[str]:
     p = Problems()
-    if not p.kind("items", items, list, "a list") or not items:
-        return p.items or ["items: must not be empty"]
-    for i, item in enumerate(items):
-        path = f"items[{i}]"
-        if not p.kind(path, item, dict, "an object {op, path, value}"):
-            continue
+    for path, item in p.patch_items(items):
         op, target, value = item.get("op"), item.get("path"), item.get("value")
         if target == "/info/inViews":
             p.enum(f"{path}.op", op, ("add", "remove"))
@@ -349,12 +349,7 @@ def validate_stream_update(items: Any) -> list[str]:
 def validate_subscription_update(items: Any) -> list[str]:
     """Streaming-out and recording PATCH items (SubscriptionControlInfo)."""
     p = Problems()
-    if not p.kind("items", items, list, "a list") or not items:
-        return p.items or ["items: must not be empty"]
-    for i, item in enumerate(items):
-        path = f"items[{i}]"
-        if not p.kind(path, item, dict, "an object {op, path, value}"):
-            continue
+    for path, item in p.patch_items(items):
         p.enum(f"{path}.op", item.get("op"), ("replace",))
         target, value = item.get("path"), item.get("value")
         if target in ("/media/audio/from", "/media/video/from"):
