@@ -103,20 +103,27 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
             return error_response(503, "no_worker", "no worker heartbeat in the last 30 seconds")
         return JSONResponse({"status": "ready"})
 
+    # Built once: the providers that sign sandbox join links, whose page is /sandbox/{room}.
+    sandboxes = [SandboxProvider(cfg.name, cfg.settings, None)  # type: ignore[arg-type]   # no HTTP to make
+                 for cfg in settings.providers.values() if cfg.kind == "sandbox"]
+
     async def sandbox_room(request: Request) -> Response:
         """Where sandbox join links lead: shows who joined which room, so `make run` has a page to open."""
         room, token = request.path_params["room"], request.query_params.get("token", "")
-        for cfg in settings.providers.values():
-            if cfg.kind == "sandbox":
-                try:
-                    claims = SandboxProvider(cfg.name, cfg.settings, None).verify_join(room, token)  # type: ignore[arg-type]
-                except jwt.InvalidTokenError as exc:
-                    return error_response(401, "bad_token", f"the join token is not valid for this room: {exc}")
-                return HTMLResponse(f"<!doctype html><title>{html.escape(room)}</title>"
-                                    f"<h1>Sandbox room {html.escape(room)}</h1>"
-                                    f"<p>{html.escape(str(claims.get('name') or claims.get('sub')))} joined as "
-                                    f"<b>{html.escape(str(claims.get('role')))}</b>.</p>")
-        return error_response(404, "not_found", "no sandbox provider is configured")
+        if not sandboxes:
+            return error_response(404, "not_found", "no sandbox provider is configured")
+        problem = None
+        for sandbox in sandboxes:
+            try:
+                claims = sandbox.verify_join(room, token)
+            except jwt.InvalidTokenError as exc:
+                problem = exc
+                continue
+            return HTMLResponse(f"<!doctype html><title>{html.escape(room)}</title>"
+                                f"<h1>Sandbox room {html.escape(room)}</h1>"
+                                f"<p>{html.escape(str(claims.get('name') or claims.get('sub')))} joined as "
+                                f"<b>{html.escape(str(claims.get('role')))}</b>.</p>")
+        return error_response(401, "bad_token", f"the join token is not valid for this room: {problem}")
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
