@@ -18,7 +18,6 @@ import random
 import socket
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import httpx
@@ -27,9 +26,9 @@ from arq.connections import ArqRedis
 from redis.commands.core import AsyncScript
 
 from bridge import metrics
+from bridge.clock import utc_now_iso
 from bridge.config import Settings, SourceConfig
 from bridge.signing import sign
-from bridge.sources.canonical import iso
 from bridge.store import (
     DEAD_LETTERS,
     FAILED_DELIVERIES,
@@ -97,7 +96,7 @@ async def emit(redis: ArqRedis, source: SourceConfig, ref: str, webhook_type: st
     Returns the webhook id and, while its first attempt is still to be made, what to send.
     """
     msg_id = webhook_id(ref, webhook_type, discriminator)
-    now = iso(datetime.now(UTC))
+    now = utc_now_iso()
     payload = json.dumps({"type": webhook_type, "timestamp": now, "data": data},
                          separators=(",", ":"))
     deliver = bool(source.webhook_url) and wants(source, webhook_type)
@@ -267,7 +266,7 @@ async def deliver_outbound(redis: ArqRedis, transport: httpx.AsyncBaseTransport,
     if outbound.endpoint_disabled:
         return await _settle_now(redis, msg_id, "disabled")
     result, answer, seconds = await attempt(transport, settings, source, msg_id, outbound.payload)
-    entry = {"at": iso(datetime.now(UTC)), "attempt": number, "status": result.status, "ms": round(seconds * 1000, 1),
+    entry = {"at": utc_now_iso(), "attempt": number, "status": result.status, "ms": round(seconds * 1000, 1),
              "error": result.error, "answer": answer}
     delay = None
     if result.error is None:
@@ -286,7 +285,7 @@ async def deliver_outbound(redis: ArqRedis, transport: httpx.AsyncBaseTransport,
         metrics.add_attempt_command(pipe, result.status, result.error)
         _settle(pipe, msg_id, status)
         if status == "disabled":
-            pipe.set(endpoint_disabled_key(source.name), iso(datetime.now(UTC)))
+            pipe.set(endpoint_disabled_key(source.name), utc_now_iso())
         await pipe.execute()
     log.info("webhook.attempt", webhook_id=msg_id, event_ref=outbound.ref, attempt=number,
              status=result.status, error=result.error, ms=entry["ms"], outcome=status)

@@ -10,7 +10,6 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -18,9 +17,9 @@ from arq import Retry
 from redis.exceptions import LockError
 
 from bridge import lifecycle, metrics, recorder
+from bridge.clock import utc_now_iso
 from bridge.lifecycle import Job, Runtime
 from bridge.providers.base import ProviderError
-from bridge.sources.canonical import iso
 from bridge.store import job_runs_key
 from bridge.webhooks import deliver
 
@@ -85,7 +84,7 @@ def event_job(function: str, deadline_s: float,
             log.exception("job.crashed")
             error = ProviderError("internal_error", f"{type(exc).__name__}: {exc}"[:300], retryable=False)
         ms = round((time.perf_counter() - started) * 1000, 1)
-        outcome: dict[str, Any] = {"status": "ok", "try": job_try, "at": iso(datetime.now(UTC)), "ms": ms}
+        outcome: dict[str, Any] = {"status": "ok", "try": job_try, "at": utc_now_iso(), "ms": ms}
         if error is not None:
             outcome.update(status="failed", error={"code": error.code, "message": error.message})
             if error.retryable and job_try < max_tries:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from bridge.clock import utc_now_iso
 from bridge.sources.base import InvalidEvent, Parsed
 
 if TYPE_CHECKING:
@@ -116,7 +117,7 @@ def validate(item: Any, default_provider: str, *, internal: bool = False) -> dic
         _string(data, "phone", "data.", required=True)
     for key in ("source_url", "recording_id", "participant_id", "token"):
         _string(data, key, "data.")
-    occurred_at = _time(item, "occurred_at", "") or iso(datetime.now(UTC))
+    occurred_at = _time(item, "occurred_at", "") or utc_now_iso()
     return {"id": event_id, "type": event_type, "occurred_at": occurred_at, "lesson": lesson, "user": user,
             "data": data}
 
