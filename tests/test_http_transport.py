@@ -11,42 +11,13 @@ import pytest
 from bridge import http_transport
 from bridge.http_transport import ConnectionPerRequestTransport
 from bridge.processes import free_port
-
-
-class CountingServer:
-    """HTTP/1.1 keep-alive server on loopback that counts the TCP connections it accepted."""
-
-    def __init__(self) -> None:
-        self.connections = 0
-        self.open = 0
-        self.release = asyncio.Event()
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self.open += 1
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next((int(line[15:]) for line in head.split(b"\r\n")
-                               if line[:15].lower() == b"content-length:"), 0)
-                await reader.readexactly(length)
-                if b"/slow" in head.split(b"\r\n", 1)[0]:
-                    await asyncio.wait_for(self.release.wait(), timeout=10)
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            self.open -= 1
-            writer.close()
+from tests.fakes.raw_http import RawHttpServer, raw_http_server
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[tuple[CountingServer, str]]:
-    counting = CountingServer()
-    listener = await asyncio.start_server(counting.handle, "127.0.0.1", 0)
-    yield counting, f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
-    listener.close()
+async def server() -> AsyncIterator[tuple[RawHttpServer, str]]:
+    async with raw_http_server() as (counting, port):
+        yield counting, f"http://127.0.0.1:{port}"
 
 
 async def _until(condition, timeout: float = 5) -> None:

@@ -16,6 +16,7 @@ from bridge.config import load_settings
 from bridge.http_transport import ConnectionPerRequestTransport
 from bridge.webhooks import Destination, UnsafeDestination, attempt, checked_destination
 from tests.conftest import default_config
+from tests.fakes.raw_http import raw_http_server
 from tests.fakes.tls import self_signed
 
 
@@ -48,67 +49,32 @@ async def test_any_private_answer_refuses_and_allow_private_skips_resolution(mon
 
 async def test_a_pinned_address_reaches_the_server_as_the_name_over_verified_tls(tmp_path: Path) -> None:
     server_tls, cert = self_signed(tmp_path, "lms.example.test")
-    seen_hosts: list[str] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            seen_hosts.extend(line[5:].strip().decode() for line in head.split(b"\r\n")
-                              if line[:5].lower() == b"host:")
-            writer.write(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
-            await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_tls)
-    port = server.sockets[0].getsockname()[1]
-    pinned = Destination(httpx.URL(f"https://127.0.0.1:{port}/hook"), {"host": f"lms.example.test:{port}"},
-                         {"sni_hostname": "lms.example.test"})
-    try:
+    async with raw_http_server(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n", tls=server_tls) as (
+            server, port):
+        pinned = Destination(httpx.URL(f"https://127.0.0.1:{port}/hook"), {"host": f"lms.example.test:{port}"},
+                             {"sni_hostname": "lms.example.test"})
         transport = ConnectionPerRequestTransport(verify=ssl.create_default_context(cafile=cert))   # the workers'
         async with httpx.AsyncClient(transport=transport) as http:
             answer = await http.post(pinned.url, content=b"{}", headers=pinned.headers, extensions=pinned.extensions)
-            assert answer.status_code == 204 and seen_hosts == [f"lms.example.test:{port}"]
+            assert answer.status_code == 204 and [r["host"] for r in server.requests] == [f"lms.example.test:{port}"]
             # Without the name the certificate does not match, and the verified connection is not reused.
             with pytest.raises(httpx.ConnectError):
                 await http.post(pinned.url, content=b"{}", headers=pinned.headers)
-    finally:
-        server.close()
 
 
 async def test_deliveries_carry_no_cookie_an_earlier_answer_set(tmp_path: Path, redis_server) -> None:
     """Moodle answers every request with a session cookie: it must not ride along on later webhooks."""
-    requests: list[dict[str, str]] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    moodle_answer = b"HTTP/1.1 200 OK\r\nset-cookie: MoodleSession=abc123; path=/\r\ncontent-length: 2\r\n\r\nok"
+    async with raw_http_server(moodle_answer) as (server, port):
+        url = f"http://127.0.0.1:{port}/hook"
+        settings = load_settings({"BRIDGE_CONFIG": str(default_config(tmp_path, url)), "REDIS_URL": redis_server.url})
+        transport = ConnectionPerRequestTransport()
         try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.decode().split("\r\n")[1:-2]
-                fields = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
-                await reader.readexactly(int(fields["content-length"]))
-                requests.append(fields)
-                writer.write(b"HTTP/1.1 200 OK\r\nset-cookie: MoodleSession=abc123; path=/\r\n"
-                             b"content-length: 2\r\n\r\nok")
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+            for n in range(2):
+                result, answer, _ = await attempt(transport, settings, settings.sources["default"], f"msg_{n}",
+                                                  b'{"type":"x"}')
+                assert result.status == 200 and answer == "ok"
         finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"
-    settings = load_settings({"BRIDGE_CONFIG": str(default_config(tmp_path, url)), "REDIS_URL": redis_server.url})
-    source = settings.sources["default"]
-    transport = ConnectionPerRequestTransport()
-    try:
-        for n in range(2):
-            result, answer, _ = await attempt(transport, settings, source, f"msg_{n}", b'{"type":"x"}')
-            assert result.status == 200 and answer == "ok"
-    finally:
-        await transport.aclose()
-        server.close()
-    assert [r.get("cookie") for r in requests] == [None, None]
-    assert requests[1]["user-agent"] == "lesson-bridge" and requests[1]["webhook-id"] == "msg_1"
+            await transport.aclose()
+    assert [r.get("cookie") for r in server.requests] == [None, None]
+    assert server.requests[1]["user-agent"] == "lesson-bridge" and server.requests[1]["webhook-id"] == "msg_1"
