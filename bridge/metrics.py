@@ -106,21 +106,6 @@ async def _best_effort(what: str, pipe: Any) -> None:
         log.warning("metrics.write_failed", metric=what, error=type(exc).__name__)
 
 
-async def count_intake(redis: Any, source: str, *, accepted: int = 0, duplicates: int = 0, ignored: int = 0) -> None:
-    """Add events to bridge_events_total. The web process batches these (see IntakeMetrics)."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for outcome, count in (("accepted", accepted), ("duplicate", duplicates), ("ignored", ignored)):
-            if count:
-                pipe.hincrby(METRICS_EVENTS, _field(source, outcome), count)
-        await _best_effort("events", pipe)
-
-
-async def count_rejected(redis: Any, source: str, reason: str) -> None:
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.hincrby(METRICS_REJECTED, _field(source, reason), 1)
-        await _best_effort("rejected", pipe)
-
-
 def add_job_commands(pipe: Any, function: str, status: str, seconds: float) -> None:
     """Queue the commands for one job run on a pipeline the caller executes."""
     pipe.hincrby(METRICS_JOBS, _field(function, status), 1)
@@ -138,12 +123,6 @@ async def observe_job(redis: Any, function: str, status: str, seconds: float) ->
 def add_attempt_command(pipe: Any, status: int | None, error: str | None = None) -> None:
     """Queue bridge_webhook_attempts_total{status} on a pipeline the caller executes (no extra round trip)."""
     pipe.hincrby(METRICS_ATTEMPTS, _field(attempt_label(status, error)), 1)
-
-
-async def count_attempt(redis: Any, status: int | None, error: str | None = None) -> None:
-    async with redis.pipeline(transaction=False) as pipe:
-        add_attempt_command(pipe, status, error)
-        await _best_effort("attempts", pipe)
 
 
 async def recording_started(redis: Any, recording_id: str) -> None:
