@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol, TypeVar
 
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bridge.processes import free_port
 
-__all__ = ["Swappable", "free_port", "serve"]
+__all__ = ["Loopback", "Swappable", "free_port", "serve", "silent_listener"]
 
 
 class Swappable:
@@ -22,6 +24,25 @@ class Swappable:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
+
+
+class _Simulator(Protocol):
+    app: ASGIApp
+
+
+S = TypeVar("S", bound=_Simulator)
+
+
+class Loopback:
+    """A `Swappable` being served at `url`; `swap_in(sim)` makes `sim.app` what answers there."""
+
+    def __init__(self, target: Swappable, url: str) -> None:
+        self._target = target
+        self.url = url
+
+    def swap_in(self, sim: S) -> S:
+        self._target.app = sim.app
+        return sim
 
 
 @contextmanager
@@ -43,3 +64,15 @@ def serve(app: ASGIApp, port: int | None = None, lifespan: bool = False) -> Iter
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextmanager
+def silent_listener() -> Iterator[str]:
+    """A loopback port that accepts connections (kernel backlog) and never answers: a read timeout."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 
 import httpx
@@ -13,7 +12,7 @@ from bridge.providers import build_provider
 from bridge.providers.base import Capability, Lesson, ProviderError, Room, SettingsError, Unsupported, User
 from bridge.providers.blendvision import BlendVisionProvider
 from tests.fakes.blendvision_sim import BlendVisionSim
-from tests.fakes.server import Swappable, free_port, serve
+from tests.fakes.server import Loopback, free_port
 
 API_TOKEN = "bv-api-token-for-tests"
 SIGNING = "bv-chatroom-signing-secret-0123456789"
@@ -22,26 +21,9 @@ TEACHER = User(id="42", name="Ada Lovelace", role="teacher")
 STUDENT = User(id="7", name="Bob", role="student")
 
 
-_target = Swappable()
-
-
-@pytest.fixture(scope="module")
-def base_url() -> Iterator[str]:
-    with serve(_target) as url:
-        yield url
-
-
 @pytest.fixture
-def sim() -> BlendVisionSim:
-    sim = BlendVisionSim(api_token=API_TOKEN, org_id="org-0001", token_secret=SIGNING)
-    _target.app = sim.app
-    return sim
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(2.0)) as client:
-        yield client
+def sim(loopback: Loopback) -> BlendVisionSim:
+    return loopback.swap_in(BlendVisionSim(api_token=API_TOKEN, org_id="org-0001", token_secret=SIGNING))
 
 
 def settings(base_url: str, **extra: object) -> dict[str, object]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 
 import httpx
@@ -14,7 +13,7 @@ from bridge.providers import build_provider
 from bridge.providers.base import Capability, Lesson, ProviderError, SettingsError, Unsupported, User
 from bridge.providers.hms import HmsProvider, validate_role
 from tests.fakes.hms_sim import HmsSim
-from tests.fakes.server import Swappable, free_port, serve
+from tests.fakes.server import Loopback, free_port
 
 SECRET = "hms-app-secret-for-tests-0123456789abcdef"
 LESSON = Lesson(id="moodle:lms.example.edu:77", title="Algebra I")
@@ -22,26 +21,9 @@ TEACHER = User(id="42", name="Ada Lovelace", role="teacher")
 STUDENT = User(id="7", name="Bob", role="student")
 
 
-_target = Swappable()
-
-
-@pytest.fixture(scope="module")
-def base_url() -> Iterator[str]:
-    with serve(_target) as url:
-        yield url
-
-
 @pytest.fixture
-def sim() -> HmsSim:
-    sim = HmsSim(app_secret=SECRET)
-    _target.app = sim.app
-    return sim
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(2.0)) as client:
-        yield client
+def sim(loopback: Loopback) -> HmsSim:
+    return loopback.swap_in(HmsSim(app_secret=SECRET))
 
 
 def settings(base_url: str, **extra: object) -> dict[str, object]:

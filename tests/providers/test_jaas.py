@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
@@ -28,7 +25,7 @@ from bridge.providers.base import (
 )
 from bridge.providers.jaas import JaasProvider
 from tests.fakes.jaas_sim import JaasSim
-from tests.fakes.server import free_port, serve
+from tests.fakes.server import Loopback, free_port, silent_listener
 
 APP = "vpaas-magic-cookie-0123456789abcdef"
 KID = f"{APP}/k1"
@@ -54,24 +51,11 @@ def wrong_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-@pytest.fixture(scope="module")
-def sim_server(rsa_key: rsa.RSAPrivateKey) -> Iterator[tuple[JaasSim, str]]:
+@pytest.fixture
+def sim(loopback: Loopback, rsa_key: rsa.RSAPrivateKey) -> JaasSim:
     sim = JaasSim(APP)
     sim.add_key(KID, rsa_key.public_key())
-    with serve(sim.app) as url:
-        yield sim, url
-
-
-@pytest.fixture
-def sim(sim_server: tuple[JaasSim, str]) -> JaasSim:
-    sim_server[0].reset()
-    return sim_server[0]
-
-
-@pytest.fixture
-async def http() -> httpx.AsyncClient:
-    async with httpx.AsyncClient(timeout=2.0) as client:
-        yield client
+    return loopback.swap_in(sim)
 
 
 def settings(rsa_key: rsa.RSAPrivateKey, api_base: str, **extra: object) -> dict[str, object]:
@@ -80,24 +64,12 @@ def settings(rsa_key: rsa.RSAPrivateKey, api_base: str, **extra: object) -> dict
 
 
 @pytest.fixture
-def provider(sim: JaasSim, sim_server: tuple[JaasSim, str], rsa_key: rsa.RSAPrivateKey,
+def provider(sim: JaasSim, base_url: str, rsa_key: rsa.RSAPrivateKey,
              http: httpx.AsyncClient) -> JaasProvider:
-    return JaasProvider("jaas", settings(rsa_key, sim_server[1]), http)
+    return JaasProvider("jaas", settings(rsa_key, base_url), http)
 
 
 ROOM = Room(id=ROOM_NAME, name=ROOM_NAME)
-
-
-@contextmanager
-def silent_listener() -> Iterator[str]:
-    """A port that accepts connections (kernel backlog) and never answers: a read timeout."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(8)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        sock.close()
 
 
 # ---------------------------------------------------------------------------- settings
@@ -214,12 +186,12 @@ async def test_guest_join_token_has_no_features(provider: JaasProvider, rsa_key:
     assert grant.role == "participant"
 
 
-async def test_join_token_ttl_and_wrong_key_rejected(sim: JaasSim, sim_server, rsa_key, wrong_key, http) -> None:
-    short = JaasProvider("jaas", settings(rsa_key, sim_server[1], token_ttl_s=120), http)
+async def test_join_token_ttl_and_wrong_key_rejected(sim: JaasSim, base_url, rsa_key, wrong_key, http) -> None:
+    short = JaasProvider("jaas", settings(rsa_key, base_url, token_ttl_s=120), http)
     grant = await short.join(LESSON, ROOM, STUDENT)
     claims = jwt.decode(grant.token, rsa_key.public_key(), algorithms=["RS256"], audience="jitsi")
     assert claims["exp"] - claims["nbf"] == 120 + 10
-    forged = JaasProvider("jaas", settings(wrong_key, sim_server[1]), http)
+    forged = JaasProvider("jaas", settings(wrong_key, base_url), http)
     bad = await forged.join(LESSON, ROOM, STUDENT)
     with pytest.raises(jwt.InvalidSignatureError):
         jwt.decode(bad.token, rsa_key.public_key(), algorithms=["RS256"], audience="jitsi")
@@ -305,8 +277,8 @@ async def test_ban_user_and_ban_token(provider: JaasProvider, sim: JaasSim) -> N
 # ---------------------------------------------------------------------------- errors
 
 
-async def test_wrong_private_key_is_a_permanent_auth_error(sim: JaasSim, sim_server, wrong_key, http) -> None:
-    provider = JaasProvider("jaas", settings(wrong_key, sim_server[1]), http)
+async def test_wrong_private_key_is_a_permanent_auth_error(sim: JaasSim, base_url, wrong_key, http) -> None:
+    provider = JaasProvider("jaas", settings(wrong_key, base_url), http)
     with pytest.raises(ProviderError) as info:
         await provider.end_room(LESSON, ROOM)
     assert info.value.status == 401 and not info.value.retryable
@@ -365,8 +337,8 @@ async def test_404_on_destroy_kick_hang_up_means_already_done(provider: JaasProv
     assert not info.value.retryable
 
 
-async def test_sim_rejects_bad_bodies(sim: JaasSim, sim_server, provider: JaasProvider, http) -> None:
-    url = sim_server[1] + "/v1/_jaas/conference-commands/v1/meeting"
+async def test_sim_rejects_bad_bodies(sim: JaasSim, base_url, provider: JaasProvider, http) -> None:
+    url = base_url + "/v1/_jaas/conference-commands/v1/meeting"
     headers = {"Authorization": f"Bearer {provider.admin_token()}"}
     bad = [
         {"action": "EXPLODE", "payload": {"conferenceFullName": f"r@conference.{APP}.8x8.vc"}},
@@ -405,10 +377,10 @@ async def test_timeout_is_retryable(rsa_key: rsa.RSAPrivateKey) -> None:
     assert info.value.retryable and info.value.code == "ReadTimeout"
 
 
-async def test_slow_answer_times_out(sim: JaasSim, sim_server, rsa_key: rsa.RSAPrivateKey) -> None:
+async def test_slow_answer_times_out(sim: JaasSim, base_url, rsa_key: rsa.RSAPrivateKey) -> None:
     sim.inject(200, delay=0.6)
     async with httpx.AsyncClient(timeout=0.2) as client:
-        provider = JaasProvider("jaas", settings(rsa_key, sim_server[1]), client)
+        provider = JaasProvider("jaas", settings(rsa_key, base_url), client)
         with pytest.raises(ProviderError) as info:
             await provider.end_room(LESSON, ROOM)
     assert info.value.retryable

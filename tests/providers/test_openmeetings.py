@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
@@ -14,7 +13,7 @@ from bridge.providers import build_provider
 from bridge.providers.base import Capability, Lesson, ProviderError, SettingsError, Unsupported, User
 from bridge.providers.openmeetings import OpenMeetingsProvider
 from tests.fakes.openmeetings_sim import OpenMeetingsSim
-from tests.fakes.server import Swappable, free_port, serve
+from tests.fakes.server import Loopback, free_port
 
 PASSWORD = "!HansHans1-for-tests"
 LESSON = Lesson(id="moodle:lms.example.edu:77", title="Algebra I")
@@ -22,31 +21,14 @@ TEACHER = User(id="42", name="Ada Lovelace", email="ada@example.edu", role="teac
 STUDENT = User(id="7", name="Bob", role="student")
 
 
-_target = Swappable()
-
-
-@pytest.fixture(scope="module")
-def server_url() -> Iterator[str]:
-    with serve(_target) as url:
-        yield url
+@pytest.fixture
+def base_url(loopback: Loopback) -> str:
+    return f"{loopback.url}/openmeetings"
 
 
 @pytest.fixture
-def base_url(server_url: str) -> str:
-    return f"{server_url}/openmeetings"
-
-
-@pytest.fixture
-def sim() -> OpenMeetingsSim:
-    sim = OpenMeetingsSim(password=PASSWORD)
-    _target.app = sim.app
-    return sim
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(2.0)) as client:
-        yield client
+def sim(loopback: Loopback) -> OpenMeetingsSim:
+    return loopback.swap_in(OpenMeetingsSim(password=PASSWORD))
 
 
 def settings(base_url: str, **extra: object) -> dict[str, object]:

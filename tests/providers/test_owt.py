@@ -7,10 +7,7 @@ import base64
 import hashlib
 import hmac
 import json
-import socket
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
@@ -21,7 +18,7 @@ from bridge.providers import build_provider
 from bridge.providers.base import Capability, Lesson, ProviderError, Room, SettingsError, Unsupported, User
 from bridge.providers.owt import OwtProvider, validate_room_options
 from tests.fakes.owt_sim import OwtSim
-from tests.fakes.server import free_port, serve
+from tests.fakes.server import Loopback, free_port, silent_listener
 
 SERVICE_ID = "5f0c1a2b3c4d5e6f7a8b9c0d"
 SERVICE_KEY = "s3cr3t-service-key-value"
@@ -30,23 +27,9 @@ TEACHER = User(id="7", name="Ada", role="teacher")
 STUDENT = User(id="42", name="Bob", role="student")
 
 
-@pytest.fixture(scope="module")
-def sim_server() -> Iterator[tuple[OwtSim, str]]:
-    sim = OwtSim(SERVICE_ID, SERVICE_KEY)
-    with serve(sim.app) as url:
-        yield sim, url
-
-
 @pytest.fixture
-def sim(sim_server: tuple[OwtSim, str]) -> OwtSim:
-    sim_server[0].reset()
-    return sim_server[0]
-
-
-@pytest.fixture
-async def http() -> httpx.AsyncClient:
-    async with httpx.AsyncClient(timeout=2.0) as client:
-        yield client
+def sim(loopback: Loopback) -> OwtSim:
+    return loopback.swap_in(OwtSim(SERVICE_ID, SERVICE_KEY))
 
 
 def settings(base_url: str, **extra: object) -> dict[str, object]:
@@ -54,19 +37,8 @@ def settings(base_url: str, **extra: object) -> dict[str, object]:
 
 
 @pytest.fixture
-def provider(sim: OwtSim, sim_server: tuple[OwtSim, str], http: httpx.AsyncClient) -> OwtProvider:
-    return OwtProvider("owt", settings(sim_server[1]), http)
-
-
-@contextmanager
-def silent_listener() -> Iterator[str]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(8)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        sock.close()
+def provider(sim: OwtSim, base_url: str, http: httpx.AsyncClient) -> OwtProvider:
+    return OwtProvider("owt", settings(base_url), http)
 
 
 async def running_room(provider: OwtProvider, sim: OwtSim) -> Room:
@@ -134,8 +106,8 @@ def test_timestamps_strictly_increase(provider: OwtProvider) -> None:
     assert stamps == sorted(set(stamps))
 
 
-async def test_sim_rejects_bad_auth(sim: OwtSim, sim_server: tuple[OwtSim, str], http: httpx.AsyncClient) -> None:
-    url = sim_server[1] + "/v1/rooms"
+async def test_sim_rejects_bad_auth(sim: OwtSim, base_url: str, http: httpx.AsyncClient) -> None:
+    url = base_url + "/v1/rooms"
     now = int(time.time() * 1000)
 
     def header(ts: int, cnonce: int = 1, *, sep: str = ",", key: str | None = None) -> str:
@@ -174,11 +146,11 @@ async def test_create_room_reuses_a_room_made_elsewhere_and_pages(provider: OwtP
     assert [r["query"]["page"] for r in sim.requests] == ["1", "2"]
 
 
-async def test_create_room_sends_validated_options(sim: OwtSim, sim_server, http: httpx.AsyncClient) -> None:
+async def test_create_room_sends_validated_options(sim: OwtSim, base_url, http: httpx.AsyncClient) -> None:
     options = {"participantLimit": 30, "views": [{"label": "common", "video": {
         "format": {"codec": "h264"}, "parameters": {"framerate": 30, "bitrate": "0.8x", "keyFrameInterval": 5},
         "layout": {"fitPolicy": "crop", "templates": {"base": "lecture", "custom": []}}}}]}
-    provider = OwtProvider("owt", settings(sim_server[1], room_options=options), http)
+    provider = OwtProvider("owt", settings(base_url, room_options=options), http)
     room = await provider.create_room(LESSON)
     stored = sim.rooms[room.id]
     assert stored["participantLimit"] == 30
@@ -283,14 +255,14 @@ async def test_join_tokens_and_roles(provider: OwtProvider, sim: OwtSim) -> None
     assert sim.participants[room.id][pid]["permission"]["publish"] == {"audio": False, "video": False}
 
 
-async def test_custom_role_mapping(sim: OwtSim, sim_server, http: httpx.AsyncClient) -> None:
-    provider = OwtProvider("owt", settings(sim_server[1], moderator_role="guest", guest_role="viewer"), http)
+async def test_custom_role_mapping(sim: OwtSim, base_url, http: httpx.AsyncClient) -> None:
+    provider = OwtProvider("owt", settings(base_url, moderator_role="guest", guest_role="viewer"), http)
     room = await provider.create_room(LESSON)
     assert (await provider.join(LESSON, room, User(id="1", role="admin"))).role == "guest"
 
 
-async def test_unknown_role_is_permanent(sim: OwtSim, sim_server, http: httpx.AsyncClient) -> None:
-    provider = OwtProvider("owt", settings(sim_server[1], guest_role="audience"), http)
+async def test_unknown_role_is_permanent(sim: OwtSim, base_url, http: httpx.AsyncClient) -> None:
+    provider = OwtProvider("owt", settings(base_url, guest_role="audience"), http)
     room = await provider.create_room(LESSON)
     with pytest.raises(ProviderError) as info:
         await provider.join(LESSON, room, STUDENT)
@@ -437,8 +409,8 @@ async def test_server_side_recording(provider: OwtProvider, sim: OwtSim) -> None
 # ---------------------------------------------------------------------------- errors
 
 
-async def test_wrong_service_key_is_permanent(sim: OwtSim, sim_server, http: httpx.AsyncClient) -> None:
-    provider = OwtProvider("owt", settings(sim_server[1], service_key="not-the-key"), http)
+async def test_wrong_service_key_is_permanent(sim: OwtSim, base_url, http: httpx.AsyncClient) -> None:
+    provider = OwtProvider("owt", settings(base_url, service_key="not-the-key"), http)
     with pytest.raises(ProviderError) as info:
         await provider.create_room(LESSON)
     assert info.value.status == 401 and info.value.code == "1101" and not info.value.retryable
@@ -496,10 +468,10 @@ async def test_timeout_is_retryable() -> None:
     assert info.value.retryable and info.value.code == "ReadTimeout"
 
 
-async def test_slow_answer_times_out(sim: OwtSim, sim_server) -> None:
+async def test_slow_answer_times_out(sim: OwtSim, base_url) -> None:
     sim.inject(200, body=[], delay=0.6)
     async with httpx.AsyncClient(timeout=0.2) as client:
-        provider = OwtProvider("owt", settings(sim_server[1]), client)
+        provider = OwtProvider("owt", settings(base_url), client)
         with pytest.raises(ProviderError) as info:
             await provider.create_room(LESSON)
     assert info.value.retryable

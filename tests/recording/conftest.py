@@ -76,17 +76,6 @@ async def wait_for(cond: Callable[[], object], timeout_s: float, what: str, step
         await asyncio.sleep(step)
 
 
-def wait_for_sync(cond: Callable[[], object], timeout_s: float, what: str, step: float = 0.05) -> object:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(step)
-
-
 async def wait_listening(port: int, timeout_s: float = 10) -> None:
     await wait_for(lambda: is_listening(port), timeout_s, f"a listener on port {port}")
 
