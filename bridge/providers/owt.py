@@ -59,7 +59,6 @@ ABSENT_CODES = frozenset({"", "1001", "1003", "1004", "1005"})
 
 # Documented enumerations (section 5).
 AUDIO_CODECS = ("opus", "pcmu", "pcma", "aac", "ac3", "nellymoser")
-STREAM_AUDIO_CODECS = ("pcmu", "pcma", "opus", "g722", "iSAC", "iLBC", "aac", "ac3", "nellymoser")
 VIDEO_CODECS = ("h264", "vp8", "h265", "vp9")
 FRAMERATES = (6, 12, 15, 24, 30, 48, 60)
 VIEW_BITRATES = ("0.2x", "0.4x", "0.6x", "0.8x")

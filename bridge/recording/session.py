@@ -106,7 +106,6 @@ class RecordingSession:
         self.on_state = on_state
         self._binaries = binaries
         self.state = SessionState.CREATED
-        self.last_progress: Progress | None = None
         self.requested_at: float | None = None        # monotonic: start() called
         self.first_media_at: float | None = None      # monotonic: first progress with media
         self.stop_requested_at: float | None = None
@@ -528,7 +527,6 @@ class RecordingSession:
             self._set_state(SessionState.RECORDING)
         progress = replace(block, part_index=index, wall_s=round(now - t_spawn, 3),
                            recorded_s=round(self._recorded_before + self._run_recorded + out, 3))
-        self.last_progress = progress
         if self.on_progress is not None:
             self._emit(self.on_progress, progress)
 
