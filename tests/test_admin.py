@@ -85,8 +85,11 @@ async def test_events_are_listed_with_filters_and_a_cursor(admin_bridge, client,
     several = (await client.get(url, params=[("id", "evt_1"), ("id", "evt_3")], headers=AUTH)).json()
     assert [e["id"] for e in several["events"]] == ["evt_3", "evt_1"]
     assert (await client.get(url, params={"source": "moodle"}, headers=AUTH)).json()["events"] == []
-    assert (await client.get(url, params={"since": "1h", "lesson": "L2"}, headers=AUTH)).json()["events"][0]["id"] \
-        == "evt_4"
+    async def ids(**params: str) -> list[str]:
+        return [e["id"] for e in (await client.get(url, params=params, headers=AUTH)).json()["events"]]
+    assert await ids(since="1h", lesson="L2") == ["evt_4"]
+    assert await ids(lesson=events[0]["lesson"]["id"]) == ["evt_3", "evt_2", "evt_1", "evt_0"]
+    assert await ids(until="1h") == []                                    # all five arrived just now
     assert (await client.get(url, params={"failed_only": "true"}, headers=AUTH)).json()["events"] == []
     assert_error(await client.get(url, params={"since": "whenever"}, headers=AUTH), 400, "invalid_filter")
     assert_error(await client.get(url, params={"cursor": "abc"}, headers=AUTH), 400, "invalid_cursor")

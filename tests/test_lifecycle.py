@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from standardwebhooks.webhooks import Webhook
 
 from bridge.store import attempts_key, delivery_key, endpoint_disabled_key, job_runs_key
 from tests.conftest import MOODLE_TOKEN, WEBHOOK_SECRET, wait_until, write_config
@@ -255,4 +256,7 @@ async def test_rotating_secrets_every_delivery_is_signed_with_each(make_bridge, 
     bridge.start_worker()
     await post(client, bridge, "default", {"id": "evt_1", "type": "lesson.scheduled", "lesson": {"id": "c7"}})
     await wait_until(lambda: hook.of_type("room.created"))     # verified with the new secret alone
+    hook.verifier = Webhook(old)                              # an LMS still on the old secret
+    await post(client, bridge, "default", {"id": "evt_2", "type": "lesson.scheduled", "lesson": {"id": "c8"}})
+    await wait_until(lambda: len(hook.of_type("room.created")) == 2)
     assert hook.rejected == 0

@@ -5,6 +5,7 @@ The web app accepts events through it and a worker process runs their jobs throu
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import threading
 from collections.abc import Iterator
@@ -77,11 +78,12 @@ async def test_self_signed_tls_is_refused_unless_asked_and_works_when_asked(tls_
 
 async def test_events_flow_through_tls_with_redis_ssl_cert_reqs(make_bridge, client, redis, tls_redis_url,
                                                                 tmp_path: Path) -> None:
-    bridge = make_bridge(default_config(tmp_path))
-    # The worker process gets the URL as Heroku's add-on hands it out, plus the knob that relaxes it.
+    # Web and worker get the URL as Heroku's add-on hands it out, plus the knob that relaxes it.
+    bridge = make_bridge(default_config(tmp_path), env={"REDIS_URL": tls_redis_url, "REDIS_SSL_CERT_REQS": "none"})
     bridge.redis_url = tls_redis_url
     bridge.extra_env = {"REDIS_SSL_CERT_REQS": "none"}
     bridge.start_worker()
     event = {"id": "evt_tls", "type": "user.joined", "lesson": {"id": "c1"}, "user": {"id": "1"}}
     assert (await client.post(f"{bridge.base_url}/v1/events/default", json=event)).status_code == 202
-    await wait_until(lambda: redis.hget(job_runs_key("default:evt_tls"), "user_joined"), timeout=30)
+    run = await wait_until(lambda: redis.hget(job_runs_key("default:evt_tls"), "user_joined"), timeout=30)
+    assert json.loads(run)["status"] == "ok"

@@ -21,13 +21,14 @@ from tests.fakes.tls import self_signed
 
 
 def resolver(*answers: str) -> Any:
-    """getaddrinfo answering each call with the next address: a name that rebinds between lookups."""
+    """getaddrinfo answering each call with the next answer (addresses joined by ","): a name that
+    rebinds between lookups, or one with several addresses."""
     remaining = list(answers)
 
     async def getaddrinfo(host: str, port: Any, **_: Any) -> list[tuple[Any, ...]]:
-        address = remaining.pop(0) if len(remaining) > 1 else remaining[0]
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        return [(family, socket.SOCK_STREAM, 6, "", (address, port or 443))]
+        answer = remaining.pop(0) if len(remaining) > 1 else remaining[0]
+        return [(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM, 6, "",
+                 (address, port or 443)) for address in answer.split(",")]
     return getaddrinfo
 
 
@@ -40,8 +41,8 @@ async def test_the_checked_address_is_pinned_with_host_and_sni(monkeypatch) -> N
 
 
 async def test_any_private_answer_refuses_and_allow_private_skips_resolution(monkeypatch) -> None:
-    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", resolver("169.254.169.254"))
-    with pytest.raises(UnsafeDestination, match="non-public"):
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", resolver("93.184.215.14,169.254.169.254"))
+    with pytest.raises(UnsafeDestination, match=r"169\.254\.169\.254, a non-public"):   # not only the first answer
         await checked_destination("http://metadata.example/", allow_private=False)
     allowed = await checked_destination("http://metadata.example/", allow_private=True)
     assert allowed == Destination(httpx.URL("http://metadata.example/"), {}, {})
