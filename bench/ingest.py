@@ -2,7 +2,9 @@
 
 Both servers run as one uvicorn process each (httptools, uvloop), one after the other on this
 machine, driven by the same load generator in a separate process. The bridge writes to a real
-Redis-protocol server (embedded valkey/redis, AOF everysec) — that is the work being measured.
+Redis-protocol server (embedded valkey/redis, AOF fsynced on every write, as `bridge dev` runs it;
+the last run: AOF everysec with no fsync confirmation, what a 2xx meant before) — that is the work
+being measured.
 
 Run: make bench-ingest   (or .venv/bin/python bench/ingest.py --seconds 10)
 """
@@ -47,7 +49,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from bridge.clock import utc_now_iso
-from bridge.intake import AcceptBatcher
+from bridge.intake import AcceptBatcher, DurableAccept
 from bridge.processes import tune_gc_for_service
 from bridge.store import ACCEPT_SCRIPT, WORKER_QUEUE, EventRecord, JobSpec, redis_client
 
@@ -56,7 +58,7 @@ state = {}
 @contextlib.asynccontextmanager
 async def lifespan(app):
     client = redis_client(os.environ["REDIS_URL"])
-    state["batcher"] = AcceptBatcher(client, client.register_script(ACCEPT_SCRIPT), 7 * 86400 * 1000)
+    state["batcher"] = AcceptBatcher(DurableAccept(client, client.register_script(ACCEPT_SCRIPT)), 7 * 86400 * 1000)
     tune_gc_for_service()                      # as the bridge's web process does
     yield
 
@@ -104,40 +106,36 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    redis = EmbeddedRedis(work / "redis").start()
+    redis = EmbeddedRedis(work / "redis").start()                  # appendfsync always, as the bridge runs it
+    everysec = EmbeddedRedis(work / "redis-everysec", appendfsync="everysec").start()
     (work / "bare_app.py").write_text(BARE_APP)
     env = {**os.environ, "REDIS_URL": redis.url, "PYTHONPATH": f"{ROOT}:{work}", "BRIDGE_LOG_LEVEL": "WARNING"}
     env.pop("BRIDGE_CONFIG", None)
     results = []
+    uvicorn = [sys.executable, "-m", "uvicorn", "--log-level", "warning", "--no-access-log"]
+    serve = [sys.executable, "-m", "bridge.cli", "serve", "--host", "127.0.0.1"]
+    (work / "accept_only_app.py").write_text(ACCEPT_ONLY_APP)
+    runs = [
+        ("bare Starlette (parse JSON only)", [*uvicorn, "bare_app:app"], {}),
+        ("bare + the accept call only (no validation, auth, log)", [*uvicorn, "accept_only_app:app"], {}),
+        ("bridge (auth, validate, dedupe + log + enqueue; fsync always + WAITAOF)", serve, {}),
+        # What the bridge did before a 2xx meant "on disk": the server fsyncs once a second, no WAITAOF.
+        ("bridge, appendfsync everysec, no fsync confirmation (before)", serve,
+         {"REDIS_URL": everysec.url, "REDIS_CONFIRM_FSYNC": "0"}),
+    ]
     try:
-        port = free_port()
-        bare = start([sys.executable, "-m", "uvicorn", "bare_app:app", "--port", str(port), "--log-level",
-                      "warning", "--no-access-log"], env, port, work)
-        results.append(measure("bare Starlette (parse JSON only)", f"http://127.0.0.1:{port}/v1/events/default",
-                               args))
-        bare.terminate()
-        bare.wait(timeout=10)
-
-        port = free_port()
-        (work / "accept_only_app.py").write_text(ACCEPT_ONLY_APP)
-        accept_only = start([sys.executable, "-m", "uvicorn", "accept_only_app:app", "--port", str(port),
-                             "--log-level", "warning", "--no-access-log"], env, port, work)
-        results.append(measure("bare + the accept call only (no validation, auth, log)",
-                               f"http://127.0.0.1:{port}/v1/events/default", args))
-        accept_only.terminate()
-        accept_only.wait(timeout=10)
-
-        port = free_port()
-        bridge = start([sys.executable, "-m", "bridge.cli", "serve", "--host", "127.0.0.1"],
-                       {**env, "PORT": str(port)}, port, work)
-        results.append(measure("bridge (auth, validate, dedupe + log + enqueue)",
-                               f"http://127.0.0.1:{port}/v1/events/default", args))
-        bridge.terminate()
-        bridge.wait(timeout=30)
+        for name, command, extra_env in runs:
+            port = free_port()
+            with_port = command if command is serve else [*command, "--port", str(port)]
+            server = start(with_port, {**env, "PORT": str(port), **extra_env}, port, work)
+            results.append(measure(name, f"http://127.0.0.1:{port}/v1/events/default", args))
+            server.terminate()
+            server.wait(timeout=30)
     finally:
         redis.stop()
+        everysec.stop()
 
-    baseline, accept_only_result, bridge_result = results
+    baseline, accept_only_result, bridge_result, everysec_result = results
     print(f"\nIntake, {args.connections} connections, {args.seconds:.0f} s per run, 1 server process each\n")
     print(f"| server | events/s (closed loop) | p50 ms | p99 ms | p50 ms @ {args.rate:.0f}/s | "
           f"p99 ms @ {args.rate:.0f}/s | non-2xx |")
@@ -150,6 +148,8 @@ def main() -> None:
     ratio = bridge_result["closed"]["per_s"] / baseline["closed"]["per_s"]
     print(f"\naccept call only / bare = {accept_only_result['closed']['per_s'] / baseline['closed']['per_s']:.2f}"
           " (the durable write's own cost)")
+    durable = bridge_result["closed"]["per_s"] / everysec_result["closed"]["per_s"]
+    print(f"durable / everysec = {durable:.2f}  (target >= 0.9): what confirming every 2xx on disk costs")
     print(f"ratio bridge / bare = {ratio:.2f}  (target >= 0.6); "
           f"bridge p99 at {args.rate:.0f}/s = {bridge_result['paced']['p99_ms']:.2f} ms (target <= 10 ms)")
 

@@ -23,7 +23,7 @@ from bridge import metrics, openapi
 from bridge.admin import admin_routes
 from bridge.config import Settings
 from bridge.errors import ApiError, error_response
-from bridge.intake import AcceptBatcher, receive
+from bridge.intake import AcceptBatcher, DurableAccept, receive
 from bridge.providers.sandbox import SandboxProvider
 from bridge.responses import JSONResponse
 from bridge.store import ACCEPT_SCRIPT, WEB_CLIENT_NAME, WORKER_QUEUE, health_check_key, redis_client
@@ -68,7 +68,8 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client = redis or redis_client(settings.redis_url or "redis://127.0.0.1:6379", WEB_CLIENT_NAME)
         state["redis"] = client
-        state["batcher"] = AcceptBatcher(client, client.register_script(ACCEPT_SCRIPT),
+        state["batcher"] = AcceptBatcher(DurableAccept(client, client.register_script(ACCEPT_SCRIPT),
+                                                       settings.redis_confirm_fsync),
                                          settings.dedupe_window_s * 1000)
         state["metrics"] = metrics.IntakeMetrics(client, settings.sources).start()
         try:

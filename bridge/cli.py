@@ -18,11 +18,11 @@ from bridge import logs
 from bridge.config import ConfigError, Settings, load_settings
 from bridge.embedded import EmbeddedRedis
 from bridge.processes import die_with_parent, tune_gc_for_service, wait_for_port
-from bridge.store import RECORDER_QUEUE, WORKER_QUEUE, wait_for_redis
+from bridge.redis_link import LINK, OUTAGE_WAIT_S
+from bridge.store import RECORDER_QUEUE, WORKER_QUEUE
 
 EMBEDDED_REDIS_PORT = 6390
 STOP_TIMEOUT_S = 25
-REDIS_START_WAIT_S = 30     # a worker started before Redis (a fresh deploy) waits for it
 log = structlog.get_logger("bridge.cli")
 
 
@@ -80,16 +80,17 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def _run_worker(queue: str) -> None:
     import uvloop
-    from arq.worker import Worker
 
     from workers.settings import worker_settings
+    from workers.worker import ResilientWorker
     logs.configure()
     # uvloop's C transports make each socket write (a Redis command, a webhook POST) far cheaper.
     asyncio.set_event_loop(uvloop.new_event_loop())
     settings, embedded = _ensure_redis(_settings())
     try:
-        worker = Worker(**worker_settings(settings, queue))
-        worker.loop.run_until_complete(wait_for_redis(worker.pool, REDIS_START_WAIT_S))
+        worker = ResilientWorker(**worker_settings(settings, queue))
+        # Started before Redis (a fresh deploy) or during an outage: wait for it as for any outage.
+        worker.loop.run_until_complete(LINK.wait_until_back(worker.pool, OUTAGE_WAIT_S))
         if queue == RECORDER_QUEUE:
             _stop_recordings_on_signal(worker)
         worker.run()
@@ -118,17 +119,65 @@ def cmd_recorder(args: argparse.Namespace) -> None:
     _run_worker(RECORDER_QUEUE)
 
 
+class Supervised:
+    """One child of `bridge dev`: restarted with back-off when it dies, as a platform restarts a dyno."""
+
+    STEADY_S = 60           # a child that ran this long before dying starts again at the first back-off step
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        self.name, self.argv, self.env = name, argv, env
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self.restart_at: float | None = None
+        self.deaths = 0
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.argv, env=self.env, preexec_fn=die_with_parent)
+        self.started_at, self.restart_at = time.monotonic(), None
+
+    def check(self) -> None:
+        """Notice a death (one console line) and restart when its back-off has passed."""
+        now = time.monotonic()
+        if self.restart_at is not None:
+            if now >= self.restart_at:
+                print(f"bridge dev: starting {self.name} again", file=sys.stderr, flush=True)
+                self.start()
+            return
+        assert self.process is not None
+        code = self.process.poll()
+        if code is None:
+            return
+        self.deaths = 1 if now - self.started_at > self.STEADY_S else self.deaths + 1
+        delay = min(30.0, 2.0 ** (self.deaths - 1))
+        print(f"bridge dev: {self.name} exited with code {code}; restarting in {delay:.0f} s",
+              file=sys.stderr, flush=True)
+        self.restart_at = now + delay
+
+    def terminate(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def wait(self, deadline: float) -> None:
+        if self.process is None:
+            return
+        try:
+            self.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
 def cmd_dev(args: argparse.Namespace) -> None:
-    """Embedded Redis + web + worker + recorder, each its own child process, stopped together."""
+    """Embedded Redis + web + worker + recorder, each its own child process, restarted if one dies,
+    stopped together on Ctrl-C."""
     settings, embedded = _ensure_redis(_settings())
     port = int(os.environ.get("PORT", args.port))
     env = {**os.environ, "REDIS_URL": os.environ["REDIS_URL"], "PORT": str(port)}
     exe = [sys.executable, "-m", "bridge.cli"]
-    children = [
-        subprocess.Popen([*exe, "serve", "--host", args.host], env=env, preexec_fn=die_with_parent),
-        subprocess.Popen([*exe, "worker"], env=env, preexec_fn=die_with_parent),
-        subprocess.Popen([*exe, "recorder"], env=env, preexec_fn=die_with_parent),
-    ]
+    children = [Supervised("web", [*exe, "serve", "--host", args.host], env),
+                Supervised("worker", [*exe, "worker"], env),
+                Supervised("recorder", [*exe, "recorder"], env)]
+    for child in children:
+        child.start()
     stopping = False
 
     def stop(signum: int, _frame: object) -> None:
@@ -140,17 +189,19 @@ def cmd_dev(args: argparse.Namespace) -> None:
     if wait_for_port(port, 20):
         source = next(iter(settings.sources))
         print(_banner(settings, port, source), file=sys.stderr, flush=True)
-    while not stopping and all(child.poll() is None for child in children):
+    while not stopping:
+        if embedded is not None and embedded.process is not None and embedded.process.poll() is not None:
+            print(f"bridge dev: Redis exited with code {embedded.process.returncode}; starting it again",
+                  file=sys.stderr, flush=True)
+            embedded.start()
+        for child in children:
+            child.check()
         time.sleep(0.2)
     for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
+        child.terminate()
     deadline = time.monotonic() + STOP_TIMEOUT_S
     for child in children:
-        try:
-            child.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.kill()
+        child.wait(deadline)
     if embedded:
         embedded.stop()
 

@@ -52,6 +52,7 @@ class Settings:
     sources: Mapping[str, SourceConfig]
     providers: Mapping[str, ProviderConfig]
     redis_url: str | None = None
+    redis_confirm_fsync: bool = True      # WAITAOF in every accept call where the server has it
     data_dir: Path = Path("var")
     admin_token: str | None = field(default=None, repr=False)
     max_body_bytes: int = 256 * 1024
@@ -221,6 +222,8 @@ def _settings_from(raw: Mapping[str, Any], env: Mapping[str, str], origin: str) 
         sources=sources,
         providers=providers,
         redis_url=redis_url,
+        redis_confirm_fsync=(env["REDIS_CONFIRM_FSYNC"].lower() not in ("0", "false", "no", "off")
+                             if env.get("REDIS_CONFIRM_FSYNC") else bool(redis.get("confirm_fsync", bool, True))),
         data_dir=data_dir,
         admin_token=env.get("BRIDGE_ADMIN_TOKEN") or None,
         max_body_bytes=int(bridge.positive("max_body_bytes", 256 * 1024)),

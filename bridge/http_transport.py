@@ -7,28 +7,49 @@ each posting to the same LMS endpoint or provider: through one pool (200 connect
 the cost of a single request in isolation. So each request takes an idle one-connection transport
 for its origin (the most recently used, whose connection is warmest) or makes one, and gives it
 back when its response is closed.
+
+It is also where one slow or hanging peer is kept to its share of a worker. An origin (one LMS
+endpoint, one provider API) gets at most `max_per_origin` requests in flight: past that a request is
+refused at once with `OriginBusy`, so jobs for other origins keep the worker's slots. And a request's
+`deadline_s` covers the whole exchange, body included: httpx's own timeouts are per read, so a peer
+answering one byte a second would never trip them.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
 
 IDLE_PER_ORIGIN = 50            # idle kept-alive connections per origin, as the shared pool allowed
+MAX_PER_ORIGIN = 10             # a worker runs 50 jobs at once: one hanging origin holds at most a fifth
 
 # A pinned webhook URL names an address; its TLS name travels as sni_hostname and is part of the key,
 # so a connection verified for one name is never reused for another name at the same address.
 Origin = tuple[bytes, bytes, int | None, str | None]
 
 
+class OriginBusy(httpx.TransportError):
+    """The origin already has its share of requests in flight (it is slow or hanging): try later."""
+
+
 class _GiveBackOnClose(httpx.AsyncByteStream):
-    def __init__(self, stream: httpx.AsyncByteStream, give_back: Callable[[], Awaitable[None]]) -> None:
-        self.stream, self.give_back = stream, give_back
+    def __init__(self, stream: httpx.AsyncByteStream, give_back: Callable[[], Awaitable[None]],
+                 deadline: float | None) -> None:
+        self.stream, self.give_back, self.deadline = stream, give_back, deadline
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self.stream:
+        chunks = self.stream.__aiter__()
+        while True:
+            try:
+                async with asyncio.timeout_at(self.deadline):
+                    chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise httpx.ReadTimeout("the whole response took longer than its deadline") from None
             yield chunk
 
     async def aclose(self) -> None:
@@ -39,28 +60,43 @@ class _GiveBackOnClose(httpx.AsyncByteStream):
 
 
 class ConnectionPerRequestTransport(httpx.AsyncBaseTransport):
-    def __init__(self, **transport_options: Any) -> None:
-        """`transport_options` go to each one-connection httpx.AsyncHTTPTransport (verify, cert, ...)."""
+    def __init__(self, max_per_origin: int = MAX_PER_ORIGIN, deadline_s: float | None = None,
+                 **transport_options: Any) -> None:
+        """`deadline_s`: the default whole-exchange limit, unless a request carries its own in
+        `extensions["deadline_s"]`; `transport_options` go to each one-connection
+        httpx.AsyncHTTPTransport (verify, cert, ...)."""
         self.idle: dict[Origin, list[httpx.AsyncHTTPTransport]] = {}
+        self.busy: dict[Origin, int] = {}
+        self.max_per_origin, self.deadline_s = max_per_origin, deadline_s
         self.options = transport_options
         self.closed = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         origin = (request.url.raw_scheme, request.url.raw_host, request.url.port,
                   request.extensions.get("sni_hostname"))
+        if self.busy.get(origin, 0) >= self.max_per_origin:
+            raise OriginBusy(f"{self.max_per_origin} requests to this origin are already in flight", request=request)
+        seconds = request.extensions.get("deadline_s", self.deadline_s)
+        deadline = None if seconds is None else asyncio.get_running_loop().time() + seconds
         idle = self.idle.setdefault(origin, [])
         transport = idle.pop() if idle else httpx.AsyncHTTPTransport(
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1), **self.options)
+        self.busy[origin] = self.busy.get(origin, 0) + 1
         try:
-            response = await transport.handle_async_request(request)
-        except BaseException:
+            async with asyncio.timeout_at(deadline):
+                response = await transport.handle_async_request(request)
+        except BaseException as exc:
+            self.busy[origin] -= 1
             await transport.aclose()
+            if isinstance(exc, TimeoutError):
+                raise httpx.ReadTimeout("no answer within the request's deadline", request=request) from None
             raise
         assert isinstance(response.stream, httpx.AsyncByteStream)
-        response.stream = _GiveBackOnClose(response.stream, lambda: self._give_back(origin, transport))
+        response.stream = _GiveBackOnClose(response.stream, lambda: self._give_back(origin, transport), deadline)
         return response
 
     async def _give_back(self, origin: Origin, transport: httpx.AsyncHTTPTransport) -> None:
+        self.busy[origin] -= 1
         idle = self.idle.setdefault(origin, [])
         if self.closed or len(idle) >= IDLE_PER_ORIGIN:
             await transport.aclose()

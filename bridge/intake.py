@@ -6,6 +6,7 @@ import asyncio
 import hmac
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,12 +14,13 @@ import orjson
 import structlog
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from starlette.requests import Request
 
 from bridge.clock import utc_now_iso
 from bridge.config import Settings, SourceConfig
 from bridge.errors import ApiError
+from bridge.redis_link import REDIS_AWAY
 from bridge.routing import plan
 from bridge.signing import SignatureError, verify
 from bridge.sources import FORMATS, InvalidEvent, Parsed
@@ -27,6 +29,7 @@ from bridge.webhooks import produced_payloads
 
 log = structlog.get_logger("bridge.intake")
 RETRY_AFTER_S = "5"
+FSYNC_WAIT_MS = 2000      # everysec fsyncs within ~1 s; past 2 s the disk is in trouble: answer 503
 MAX_WAIT_S = 10
 FINAL = ("ok", "failed")
 MAX_GROUP = 256          # requests per grouped accept call (each holds at most max_batch events)
@@ -129,6 +132,10 @@ def _parse_events(source: SourceConfig, items: list[Any], batch: bool, providers
     return parsed
 
 
+class NotDurable(RedisError):
+    """The server took the events but did not confirm its append-only file reached the disk in time."""
+
+
 class AcceptBatcher:
     """Group commit: requests handled in the same event-loop turn share one accept call.
 
@@ -139,8 +146,8 @@ class AcceptBatcher:
     MAX_IN_FLIGHT calls; past that, requests wait here and go together in the next call.
     """
 
-    def __init__(self, redis: Redis, script: AsyncScript, dedupe_ttl_ms: int) -> None:
-        self.redis, self.script, self.dedupe_ttl_ms = redis, script, dedupe_ttl_ms
+    def __init__(self, accept: AcceptCall, dedupe_ttl_ms: int) -> None:
+        self.accept, self.dedupe_ttl_ms = accept, dedupe_ttl_ms
         self.waiting: list[tuple[list[EventRecord], asyncio.Future[list[Any]]]] = []
         self.in_flight: set[asyncio.Task[None]] = set()   # also the references that keep the tasks alive
         self.sender_due = False
@@ -171,7 +178,7 @@ class AcceptBatcher:
         records = [record for batch, _ in group for record in batch]
         try:
             keys, args = accept_call(records, self.dedupe_ttl_ms, int(time.time() * 1000))
-            result = await self.script(keys=keys, args=args, client=self.redis)
+            result = await self.accept(keys, args)
         except Exception as exc:   # Redis → 503; anything else must fail the group, never hang it
             for _, future in group:
                 if not future.done():
@@ -182,6 +189,67 @@ class AcceptBatcher:
             if not future.done():
                 future.set_result(result[offset:offset + 2 * len(batch)])
             offset += 2 * len(batch)
+
+
+AcceptCall = Callable[[list[str], list[Any]], Awaitable[Any]]
+
+
+class DurableAccept:
+    """The accept script, answered only once the event is on the server's disk where it can say so.
+
+    On a server that has WAITAOF (Redis >= 7.2, Valkey >= 8, append-only file on), the script and a
+    `WAITAOF 1 0` travel in one pipeline: a group is answered once the server has fsynced it, so one
+    fsync covers the whole group. Without it, durability is the server's own fsync policy (README).
+    """
+
+    def __init__(self, redis: Redis, script: AsyncScript, confirm_fsync: bool = True) -> None:
+        self.redis, self.script = redis, script
+        # Learnt from the server on the first call; `[redis] confirm_fsync = false` trusts its policy.
+        self.waits_for_fsync: bool | None = None if confirm_fsync else False
+        self.probing = asyncio.Lock()
+
+    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        try:
+            if await self._waits_for_fsync():
+                return await self._accept_and_wait(keys, args)
+            return await self.script(keys=keys, args=args, client=self.redis)
+        except REDIS_AWAY:
+            if self.waits_for_fsync:
+                self.waits_for_fsync = None    # after a failover the server may be another one: ask again
+            raise
+
+    async def _waits_for_fsync(self) -> bool:
+        async with self.probing:
+            if self.waits_for_fsync is None:
+                self.waits_for_fsync = await server_confirms_fsync(self.redis)
+            return self.waits_for_fsync
+
+    async def _accept_and_wait(self, keys: list[str], args: list[Any]) -> Any:
+        for _ in range(2):
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.evalsha(self.script.sha, len(keys), *keys, *args)
+                    pipe.execute_command("WAITAOF", 1, 0, FSYNC_WAIT_MS)
+                    result, (fsynced_locally, _replicas) = await pipe.execute()
+            except NoScriptError:          # a restarted server forgot the script: load it, send again
+                await self.redis.script_load(self.script.script)
+                continue
+            if not fsynced_locally:
+                raise NotDurable(f"the server did not fsync its append-only file within {FSYNC_WAIT_MS} ms")
+            return result
+        raise NotDurable("the accept script could not be loaded")
+
+
+async def server_confirms_fsync(redis: Redis) -> bool:
+    """Whether WAITAOF works here: unknown before Redis 7.2 / Valkey 8, refused with the AOF off."""
+    try:
+        await redis.execute_command("WAITAOF", 1, 0, 1)
+    except ResponseError as exc:
+        log.warning("redis.fsync_not_confirmed", reason=str(exc)[:200],
+                    consequence="a 2xx means the server holds the event; the disk has it per its appendfsync policy")
+        return False
+    log.info("redis.fsync_confirmed")
+    return True
 
 
 async def accept(batcher: AcceptBatcher, source: SourceConfig, parsed: list[Parsed]) -> Outcome:
@@ -200,6 +268,11 @@ async def accept(batcher: AcceptBatcher, source: SourceConfig, parsed: list[Pars
         return outcome
     try:
         result = await batcher.submit(records)
+    except NotDurable as exc:
+        log.warning("event.store_not_durable", source=source.name, error=str(exc))
+        raise ApiError(503, "store_not_durable", f"the event store could not confirm a write to disk ({exc}); "
+                       "retry later (a retry of the same events is deduplicated)",
+                       headers={"Retry-After": RETRY_AFTER_S}) from None
     except RedisError as exc:
         log.warning("event.store_unavailable", source=source.name, error=type(exc).__name__)
         raise ApiError(503, "store_unavailable", "the event store is unreachable; retry later",

@@ -16,12 +16,13 @@ import hashlib
 import os
 import socket
 import time
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
 import structlog
 from arq import Retry
 from arq.constants import in_progress_key_prefix
+from redis.commands.core import AsyncScript
 
 from bridge import metrics
 from bridge.lifecycle import Job, ensure_room
@@ -36,6 +37,7 @@ from bridge.recording import (
     RunResult,
     stop_all,
 )
+from bridge.redis_link import LINK, REDIS_AWAY
 from bridge.store import ACTIVE_RECORDINGS, recording_key, recording_lease_key, recording_stop_key
 
 log = structlog.get_logger("bridge.recorder")
@@ -61,25 +63,59 @@ def _is_file(url: str) -> bool:
     return urlparse(url).scheme in ("", "file")
 
 
-async def _refresh(job: Job, recording_id: str, session: RecordingSession | None, status: str) -> None:
-    fields = {"status": status, "owner": OWNER, "updated_at": str(time.time())}
+# Renews the lease for its holder only (or takes one that lapsed) and records progress, in one call.
+# Returns [the other holder's name or false, whether the stop flag is set].
+RENEW_LEASE_SCRIPT = """
+local holder = redis.call('GET', KEYS[1])
+local stop = redis.call('EXISTS', KEYS[3])
+if holder and holder ~= ARGV[1] then return {holder, stop} end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('HSET', KEYS[2], unpack(ARGV, 3))
+return {false, stop}
+"""
+_renew_lease = AsyncScript(None, RENEW_LEASE_SCRIPT.encode())  # type: ignore[arg-type]
+LEASE_LOST = "lease_lost"
+
+
+class Lease(NamedTuple):
+    holder: str | None       # another recorder's name when it holds the lease: we must not record
+    stop_requested: bool
+
+
+async def _refresh(job: Job, recording_id: str, session: RecordingSession | None, status: str) -> Lease:
+    fields = ["status", status, "owner", OWNER, "updated_at", str(time.time())]
     if session is not None:
-        fields.update(recorded_s=f"{session.recorded_s:.1f}", part=str(session.part_index))
-    async with job.rt.redis.pipeline(transaction=True) as pipe:
-        pipe.hset(recording_key(recording_id), mapping=fields)
-        pipe.set(recording_lease_key(recording_id), OWNER, px=int(lease_s(job.rt.settings) * 1000))
-        await pipe.execute()
+        fields += ["recorded_s", f"{session.recorded_s:.1f}", "part", str(session.part_index)]
+    holder, stop = await _renew_lease(
+        keys=[recording_lease_key(recording_id), recording_key(recording_id), recording_stop_key(recording_id)],
+        args=[OWNER, int(lease_s(job.rt.settings) * 1000), *fields], client=job.rt.redis)
+    return Lease(holder.decode() if holder else None, bool(stop))
 
 
 async def _supervise(job: Job, recording_id: str, session: RecordingSession) -> RunResult:
-    """Until FFmpeg ends: keep the lease, and stop when any process sets the stop flag."""
-    redis = job.rt.redis
+    """Until FFmpeg ends: keep the lease, and stop when any process sets the stop flag.
+
+    Redis away: FFmpeg records on, and the lease is renewed when Redis answers again. The lease
+    means "a recorder holding it supervises an FFmpeg for this recording". Other recorders take a
+    lapsed lease only after they, and Redis itself, have been up for a whole lease period (see
+    reclaim_orphans), which a live holder always uses to renew; so an outage that every process
+    sees never starts a second FFmpeg. A holder that finds its lease taken (it alone was cut off
+    from Redis for longer than the lease) stops its FFmpeg: the recording goes on in one place.
+    """
     waiter = asyncio.ensure_future(session.wait())
     try:
         while not waiter.done():
-            if await redis.exists(recording_stop_key(recording_id)):
-                session.request_stop(EndReason.STOPPED)
-            await _refresh(job, recording_id, session, "recording")
+            try:
+                lease = await _refresh(job, recording_id, session, "recording")
+            except REDIS_AWAY as exc:
+                LINK.failed(exc)
+            else:
+                LINK.ok()
+                if lease.stop_requested:
+                    session.request_stop(EndReason.STOPPED)
+                if lease.holder:
+                    log.error("recording.lease_lost", recording_id=recording_id, holder=lease.holder)
+                    session.request_stop(LEASE_LOST)
             await asyncio.wait({waiter}, timeout=POLL_S)
         return waiter.result()
     finally:
@@ -96,6 +132,13 @@ async def recording_start(job: Job) -> None:
             and await rt.redis.exists(recording_lease_key(active))):
         raise ProviderError("recording_active", f"lesson is already recording ({active})", retryable=False)
 
+    holder = await rt.redis.get(recording_lease_key(recording_id))
+    if holder and holder.decode() != OWNER:
+        # arq ran this job again (its in-progress mark lapsed) while the recorder holding the lease
+        # still supervises the recording: one FFmpeg per recording.
+        log.warning("recording.held_elsewhere", recording_id=recording_id, holder=holder.decode())
+        return
+
     source_url = data.get("source_url")
     spec = RecordingSpec(
         recording_id=recording_id, lesson_id=job.event["lesson"]["id"], source_url=source_url,
@@ -108,6 +151,11 @@ async def recording_start(job: Job) -> None:
     except RecordingError as exc:
         raise ProviderError(exc.code, str(exc), retryable=False) from None
     try:
+        lease = await _refresh(job, recording_id, session, "recording")
+        if lease.holder:                  # another recorder took the lease since we looked
+            await session.stop(EndReason.STOPPED)
+            log.warning("recording.held_elsewhere", recording_id=recording_id, holder=lease.holder)
+            return
         stream_out_id = await _announce(job, recording_id, session, source_url)
         result = await _supervise(job, recording_id, session)
         if stream_out_id:
@@ -115,6 +163,9 @@ async def recording_start(job: Job) -> None:
             room = await job.room()
             if room is not None:
                 await provider.stop_stream_out(job.lesson, room, stream_out_id)
+        if result.reason == LEASE_LOST:
+            await session.finalize(deep_verify=False)   # this part stays playable; the holder records on
+            return
         if result.reason in (EndReason.SHUTDOWN, EndReason.CANCELLED):
             # A playable file now, in case no recorder comes back; then the job goes back to the queue
             # and the next recorder continues in a new part and joins them all at the end.
@@ -126,21 +177,24 @@ async def recording_start(job: Job) -> None:
         final = await session.finalize()
     except Retry:
         raise
-    except Exception:
+    except Exception as exc:
         if not session.done:
             await session.stop(EndReason.ERROR)           # never leave an FFmpeg behind a failed job
+        if isinstance(exc, REDIS_AWAY):
+            raise       # the job runs again once Redis is back, and the recording goes on in a new part
         await _close(job, recording_id, "failed")      # the job fails visibly (event.failed); no lease left
         raise
-    await _close(job, recording_id, "completed" if final.ok else "failed")
+    # FFmpeg is done and its file final: from here on, wait out an outage rather than re-run the job.
+    await LINK.retrying(rt.redis, lambda: _close(job, recording_id, "completed" if final.ok else "failed"))
     if final.ok:
-        await job.emit("recording.completed", {
-            "recording_id": recording_id, "file": str(final.file), "bytes": final.bytes,
-            "duration_s": final.duration_s, "container": final.container, "sha256": final.sha256,
-            "parts": final.parts, "reason": str(result.reason)})
+        data = {"recording_id": recording_id, "file": str(final.file), "bytes": final.bytes,
+                "duration_s": final.duration_s, "container": final.container, "sha256": final.sha256,
+                "parts": final.parts, "reason": str(result.reason)}
+        await LINK.retrying(rt.redis, lambda: job.emit("recording.completed", data))
     else:
-        await job.emit("recording.failed", {
-            "recording_id": recording_id, "reason": final.reason or str(result.reason),
-            "detail": result.detail, "ffmpeg_stderr": (final.stderr_tail or result.stderr_tail)[-20:]})
+        data = {"recording_id": recording_id, "reason": final.reason or str(result.reason),
+                "detail": result.detail, "ffmpeg_stderr": (final.stderr_tail or result.stderr_tail)[-20:]}
+        await LINK.retrying(rt.redis, lambda: job.emit("recording.failed", data))
 
 
 async def _announce(job: Job, recording_id: str, session: RecordingSession, source_url: str | None) -> str | None:
@@ -150,7 +204,6 @@ async def _announce(job: Job, recording_id: str, session: RecordingSession, sour
     await rt.redis.hset(recording_key(recording_id), mapping={
         "lesson": job.lesson_key, "job_id": f"{job.ref}:recording_start", "push_url": session.push_url or "",
         "source_url": source_url or "", "event_id": job.event["id"], "source": job.source.name})
-    await _refresh(job, recording_id, session, "recording")
     await metrics.recording_started(rt.redis, recording_id)
     stream_out_id = None
     if session.push_url:
@@ -174,7 +227,15 @@ async def _close(job: Job, recording_id: str, status: str) -> None:
 
 
 async def reclaim_orphans(redis: Any, settings: Any) -> list[str]:
-    """Hand back to arq the recording jobs whose supervisor stopped renewing its lease."""
+    """Hand back to arq the recording jobs whose supervisor stopped renewing its lease.
+
+    Only once this process and Redis itself have been up for a whole lease period: after an outage
+    (or a Redis restart, which expires every lease that lapsed meanwhile) a holder still recording
+    gets that long to renew before its lease counts as abandoned.
+    """
+    period = lease_s(settings)
+    if LINK.reachable_for() < period or int((await redis.info("server"))["uptime_in_seconds"]) < period:
+        return []
     reclaimed = []
     for raw_id in await redis.zrange(ACTIVE_RECORDINGS, 0, -1):
         recording_id = raw_id.decode()
@@ -192,8 +253,12 @@ async def reclaim_loop(redis: Any, settings: Any) -> None:
     while True:
         try:
             await reclaim_orphans(redis, settings)
+        except REDIS_AWAY as exc:
+            LINK.failed(exc)
         except Exception:   # never let the watchdog die: the next round tries again
             log.exception("recording.reclaim_failed")
+        else:
+            LINK.ok()
         await asyncio.sleep(interval)
 
 

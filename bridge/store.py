@@ -6,8 +6,6 @@ so that the dedupe check, the event-log append and the enqueue are one atomic ro
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlparse
 
@@ -15,7 +13,6 @@ import orjson
 import redis.asyncio as aioredis
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, result_key_prefix
-from redis.exceptions import RedisError
 
 PREFIX = "lb:"
 EVENT_LOG = f"{PREFIX}events"                          # stream: one entry per accepted event
@@ -235,6 +232,12 @@ def redis_client(url: str, client_name: str = TOOL_CLIENT_NAME) -> aioredis.Redi
         retry_on_timeout=False, max_connections=200, client_name=client_name, **_tls_options(url),
     )
 POOL_WAIT_S = 20
+# A server that accepts and never answers (paused, half-open after a failover) must fail a command,
+# not hang the worker; no command of ours legitimately takes seconds.
+WORKER_SOCKET_TIMEOUT_S = 5
+# A connection idle this long is PINGed before use, so one left dead by a Redis restart is replaced
+# quietly instead of failing the job's next command.
+HEALTH_PING_S = 2
 
 
 def worker_redis(url: str, max_connections: int, queue: str) -> ArqRedis:
@@ -245,18 +248,6 @@ def worker_redis(url: str, max_connections: int, queue: str) -> ArqRedis:
     """
     pool = aioredis.BlockingConnectionPool.from_url(
         _without_query_option(url, "ssl_cert_reqs"), max_connections=max_connections, timeout=POOL_WAIT_S,
-        socket_connect_timeout=5, client_name=WORKER_CLIENT_NAME, **_tls_options(url))
+        socket_connect_timeout=5, socket_timeout=WORKER_SOCKET_TIMEOUT_S, health_check_interval=HEALTH_PING_S,
+        client_name=WORKER_CLIENT_NAME, **_tls_options(url))
     return ArqRedis(pool, job_serializer=serialize_arq, job_deserializer=deserialize_arq, default_queue_name=queue)
-
-
-async def wait_for_redis(redis: aioredis.Redis, seconds: float) -> None:
-    """Until Redis answers (a worker may start before it); the last error after `seconds`."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            await redis.ping()
-            return
-        except (RedisError, OSError):
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(1)

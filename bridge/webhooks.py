@@ -28,6 +28,7 @@ from redis.commands.core import AsyncScript
 from bridge import metrics
 from bridge.clock import utc_now_iso
 from bridge.config import Settings, SourceConfig
+from bridge.http_transport import OriginBusy
 from bridge.signing import sign
 from bridge.store import (
     DEAD_LETTERS,
@@ -43,6 +44,7 @@ from bridge.store import (
 log = structlog.get_logger("bridge.webhooks")
 ANSWER_LOG_BYTES = 2048
 JITTER = 0.2
+BUSY_WAIT_CAP_S = 10.0       # a delivery whose endpoint is busy looks again at least this often
 RECORD_TTL_S = 30 * 24 * 3600
 USER_AGENT = "lesson-bridge"
 
@@ -164,6 +166,7 @@ class AttemptResult:
     error: str | None
     retry_after: float | None
     permanent: bool = False     # retrying cannot help (the destination is refused by the SSRF guard)
+    busy: bool = False          # not sent: the endpoint already has its share of POSTs in flight
 
 
 def next_delay(schedule: tuple[float, ...], attempt: int, retry_after: float | None) -> float | None:
@@ -206,7 +209,8 @@ async def attempt(transport: httpx.AsyncBaseTransport, settings: Settings, sourc
         destination = await checked_destination(source.webhook_url, source.allow_private_network)
         request = httpx.Request("POST", destination.url, content=payload, headers={**headers, **destination.headers},
                                 extensions={**destination.extensions,
-                                            "timeout": httpx.Timeout(settings.webhook_timeout_s).as_dict()})
+                                            "timeout": httpx.Timeout(settings.webhook_timeout_s).as_dict(),
+                                            "deadline_s": settings.webhook_timeout_s})
         response = await transport.handle_async_request(request)
         try:
             await response.aread()
@@ -214,6 +218,8 @@ async def attempt(transport: httpx.AsyncBaseTransport, settings: Settings, sourc
             await response.aclose()
     except UnsafeDestination as exc:
         return AttemptResult(None, f"refused: {exc}", None, permanent=True), "", time.perf_counter() - started
+    except OriginBusy:
+        return AttemptResult(None, "endpoint_busy", None, busy=True), "", time.perf_counter() - started
     except httpx.HTTPError as exc:
         return AttemptResult(None, type(exc).__name__, None), "", time.perf_counter() - started
     answer = response.text[:ANSWER_LOG_BYTES]
@@ -244,7 +250,7 @@ async def _settle_now(redis: ArqRedis, msg_id: str, status: str) -> str:
 
 
 async def deliver(redis: ArqRedis, transport: httpx.AsyncBaseTransport, settings: Settings, msg_id: str,
-                  number: int) -> str:
+                  number: int, waits: int = 0) -> str:
     """Make attempt `number` (0-based) of one stored delivery; schedule the next or dead-letter it."""
     record = {k.decode(): v.decode() for k, v in (await redis.hgetall(delivery_key(msg_id))).items()}
     if not record:
@@ -256,16 +262,25 @@ async def deliver(redis: ArqRedis, transport: httpx.AsyncBaseTransport, settings
         return await _settle_now(redis, msg_id, "dead")
     disabled = bool(await redis.exists(endpoint_disabled_key(source.name)))
     outbound = Outbound(msg_id, record["payload"].encode(), record.get("ref", ""), disabled)
-    return await deliver_outbound(redis, transport, settings, source, outbound, number)
+    return await deliver_outbound(redis, transport, settings, source, outbound, number, waits)
 
 
 async def deliver_outbound(redis: ArqRedis, transport: httpx.AsyncBaseTransport, settings: Settings,
-                           source: SourceConfig, outbound: Outbound, number: int) -> str:
-    """Attempt one delivery and file the outcome in one transaction; enqueue the retry if there is one."""
+                           source: SourceConfig, outbound: Outbound, number: int, waits: int = 0) -> str:
+    """Attempt one delivery and file the outcome in one transaction; enqueue the retry if there is one.
+
+    `waits`: how often this attempt already found its endpoint busy (slow or hanging, its share of
+    POSTs in flight); such a turn is no attempt: it is made again shortly, with back-off.
+    """
     msg_id = outbound.msg_id
     if outbound.endpoint_disabled:
         return await _settle_now(redis, msg_id, "disabled")
     result, answer, seconds = await attempt(transport, settings, source, msg_id, outbound.payload)
+    if result.busy:
+        delay = min(BUSY_WAIT_CAP_S, 0.25 * 2 ** waits) * random.uniform(1 - JITTER, 1 + JITTER)
+        await redis.enqueue_job("deliver_webhook", msg_id, number, waits + 1, _job_id=f"{msg_id}:{number}:w{waits + 1}",
+                                _defer_by=delay, _queue_name=WORKER_QUEUE, _expires=delay + JOB_EXPIRES_MS / 1000)
+        return "waiting"
     entry = {"at": utc_now_iso(), "attempt": number, "status": result.status, "ms": round(seconds * 1000, 1),
              "error": result.error, "answer": answer}
     delay = None

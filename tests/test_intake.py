@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from starlette.requests import Request
 
 from bridge.errors import ApiError
-from bridge.intake import MAX_IN_FLIGHT, AcceptBatcher, read_body
+from bridge.intake import MAX_IN_FLIGHT, AcceptBatcher, DurableAccept, read_body
 from bridge.routing import plan
 from bridge.signing import sign
 from bridge.store import ACCEPT_SCRIPT, EVENT_LOG, WORKER_QUEUE, EventRecord
@@ -294,20 +294,20 @@ async def test_sandbox_join_link_opens_a_page_only_with_its_token(make_bridge, c
 
 async def test_accept_calls_in_flight_are_bounded_when_redis_is_slow(redis) -> None:
     """A Redis that answers slowly must not get one new call (and connection) per loop turn."""
-    real = redis.register_script(ACCEPT_SCRIPT)
+    real = DurableAccept(redis, redis.register_script(ACCEPT_SCRIPT))
     active = peak = 0
 
-    async def slow_accept(keys: list[str], args: list[Any], client: aioredis.Redis) -> Any:
+    async def slow_accept(keys: list[str], args: list[Any]) -> Any:
         nonlocal active, peak
         active += 1
         peak = max(peak, active)
         try:
             await asyncio.sleep(0.05)               # the stall, before the real call
-            return await real(keys=keys, args=args, client=client)
+            return await real(keys, args)
         finally:
             active -= 1
 
-    batcher = AcceptBatcher(redis, slow_accept, 60_000)  # type: ignore[arg-type]
+    batcher = AcceptBatcher(slow_accept, 60_000)
     submitted = []
     for n in range(60):                             # one request per loop turn, far more turns than calls
         event = {**EVENT, "id": f"evt_slow_{n}"}

@@ -20,6 +20,7 @@ from bridge import lifecycle, metrics, recorder
 from bridge.clock import utc_now_iso
 from bridge.lifecycle import Job, Runtime
 from bridge.providers.base import ProviderError
+from bridge.redis_link import LINK, REDIS_AWAY
 from bridge.store import job_runs_key
 from bridge.webhooks import deliver
 
@@ -40,6 +41,27 @@ async def _record(rt: Runtime, ref: str, function: str, outcome: dict[str, Any])
         pipe.expire(job_runs_key(ref), RUNS_TTL_S)
         metrics.add_job_commands(pipe, function, outcome["status"], outcome["ms"] / 1000)   # same round trip
         await pipe.execute()
+
+
+JobFunction = Callable[..., Awaitable[str]]
+
+
+def rides_out_redis(run: JobFunction) -> JobFunction:
+    """Redis away mid-job is no failure of the event: wait until it answers, then hand the job back to
+    arq to run again from the start (jobs are safe to repeat). arq's job timeout bounds the wait; past
+    it, the job stays marked in progress and runs again when that mark lapses."""
+
+    async def wrapped(ctx: dict[str, Any], *args: Any) -> str:
+        try:
+            return await run(ctx, *args)
+        except REDIS_AWAY as exc:
+            LINK.failed(exc)
+            await LINK.wait_until_back(ctx["bridge"].redis)
+            log.warning("job.rerun_after_redis_outage", job=run.__name__)
+            raise Retry(defer=0) from None
+
+    wrapped.__qualname__ = wrapped.__name__ = run.__name__
+    return wrapped
 
 
 def event_job(function: str, deadline_s: float,
@@ -80,6 +102,8 @@ def event_job(function: str, deadline_s: float,
             error = exc
         except LockError:
             error = ProviderError("lesson_busy", "another job held the lesson lock too long", retryable=True)
+        except REDIS_AWAY:
+            raise                   # not the event's fault: rides_out_redis runs the job again
         except Exception as exc:  # a bug: fail visibly (event.failed) so the event can be replayed after a fix
             log.exception("job.crashed")
             error = ProviderError("internal_error", f"{type(exc).__name__}: {exc}"[:300], retryable=False)
@@ -101,13 +125,14 @@ def event_job(function: str, deadline_s: float,
         return outcome["status"]
 
     run.__qualname__ = run.__name__ = function
-    return run
+    return rides_out_redis(run)
 
 
-async def deliver_webhook(ctx: dict[str, Any], webhook_id: str, attempt: int) -> str:
+@rides_out_redis
+async def deliver_webhook(ctx: dict[str, Any], webhook_id: str, attempt: int, waits: int = 0) -> str:
     rt: Runtime = ctx["bridge"]
     structlog.contextvars.clear_contextvars()
     started = time.perf_counter()
-    status = await deliver(rt.redis, rt.webhooks, rt.settings, webhook_id, attempt)
+    status = await deliver(rt.redis, rt.webhooks, rt.settings, webhook_id, attempt, waits)
     await metrics.observe_job(rt.redis, "deliver_webhook", status, time.perf_counter() - started)
     return status

@@ -23,6 +23,7 @@ from workers.jobs import MAX_TRIES, deliver_webhook, event_job
 RECORDER_GRACE_S = 300      # joining parts and probing after the longest recording
 DRAIN_S = 20                 # on SIGTERM, in-flight jobs get this long; platforms kill at 30 s
 HEALTH_CHECK_S = 10
+PROVIDER_DEADLINE_S = 20     # a whole provider exchange; a hanging provider API frees its job slot by then
 
 
 RECORDER_TRIES = 100         # a recording is handed back at every recorder restart (deploys, scaling)
@@ -42,7 +43,7 @@ def worker_settings(settings: Settings, queue: str = WORKER_QUEUE) -> dict[str, 
     recorder = queue == RECORDER_QUEUE
 
     async def startup(ctx: dict[str, Any]) -> None:
-        transport = ConnectionPerRequestTransport()
+        transport = ConnectionPerRequestTransport(deadline_s=PROVIDER_DEADLINE_S)
         http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0), transport=transport)
         providers = {name: build_provider(name, cfg.kind, cfg.settings, http)
                      for name, cfg in settings.providers.items()}
