@@ -13,6 +13,7 @@ import orjson
 import redis.asyncio as aioredis
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, result_key_prefix
+from redis.asyncio.connection import parse_url
 
 PREFIX = "lb:"
 EVENT_LOG = f"{PREFIX}events"                          # stream: one entry per accepted event
@@ -225,12 +226,44 @@ WORKER_CLIENT_NAME = "lesson-bridge-worker"
 TOOL_CLIENT_NAME = "lesson-bridge-cli"
 
 
+class _ResetIsConnectionError:
+    """uvloop raises RuntimeError ("the handler is closed", MagicStack/uvloop#506) for a write on a
+    connection the peer reset, which redis-py lets through as itself: web answered 500, a worker's
+    poll loop died. As an OSError it becomes redis-py's ConnectionError, like any other reset."""
+
+    async def _send_packed_command(self, command: Any) -> None:
+        try:
+            await super()._send_packed_command(command)  # type: ignore[misc]
+        except RuntimeError as exc:
+            raise ConnectionResetError(str(exc)) from exc
+
+
+class _Connection(_ResetIsConnectionError, aioredis.Connection):
+    pass
+
+
+class _SSLConnection(_ResetIsConnectionError, aioredis.SSLConnection):
+    pass
+
+
+class _UnixConnection(_ResetIsConnectionError, aioredis.UnixDomainSocketConnection):
+    pass
+
+
+def _pool_options(url: str) -> dict[str, Any]:
+    """What a connection pool is built from: the URL's options, and our connection class for its scheme
+    (from_url would put redis-py's own back: the URL's options win over keyword arguments)."""
+    options = parse_url(_without_query_option(url, "ssl_cert_reqs"))
+    scheme = urlparse(url).scheme
+    options["connection_class"] = {"rediss": _SSLConnection, "unix": _UnixConnection}.get(scheme, _Connection)
+    return {**options, **_tls_options(url)}
+
+
 def redis_client(url: str, client_name: str = TOOL_CLIENT_NAME) -> aioredis.Redis:
     """A client that fails fast: intake answers 503 rather than hanging when Redis is away."""
-    return aioredis.from_url(
-        _without_query_option(url, "ssl_cert_reqs"), socket_connect_timeout=2, socket_timeout=5,
-        retry_on_timeout=False, max_connections=200, client_name=client_name, **_tls_options(url),
-    )
+    pool = aioredis.ConnectionPool(socket_connect_timeout=2, socket_timeout=5, retry_on_timeout=False,
+                                   max_connections=200, client_name=client_name, **_pool_options(url))
+    return aioredis.Redis.from_pool(pool)
 POOL_WAIT_S = 20
 # A server that accepts and never answers (paused, half-open after a failover) must fail a command,
 # not hang the worker; no command of ours legitimately takes seconds.
@@ -246,8 +279,8 @@ def worker_redis(url: str, max_connections: int, queue: str) -> ArqRedis:
     arq's own pool fails a command outright when it is out of connections; this one makes it wait
     for a free one, so a worker running many jobs stays inside a small Redis plan's client limit.
     """
-    pool = aioredis.BlockingConnectionPool.from_url(
-        _without_query_option(url, "ssl_cert_reqs"), max_connections=max_connections, timeout=POOL_WAIT_S,
-        socket_connect_timeout=5, socket_timeout=WORKER_SOCKET_TIMEOUT_S, health_check_interval=HEALTH_PING_S,
-        client_name=WORKER_CLIENT_NAME, **_tls_options(url))
+    pool = aioredis.BlockingConnectionPool(
+        max_connections=max_connections, timeout=POOL_WAIT_S, socket_connect_timeout=5,
+        socket_timeout=WORKER_SOCKET_TIMEOUT_S, health_check_interval=HEALTH_PING_S,
+        client_name=WORKER_CLIENT_NAME, **_pool_options(url))
     return ArqRedis(pool, job_serializer=serialize_arq, job_deserializer=deserialize_arq, default_queue_name=queue)
