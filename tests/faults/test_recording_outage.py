@@ -22,6 +22,7 @@ from bridge.recording import locate_ffmpeg, probe
 from bridge.store import RECORDER_QUEUE, recording_key
 from tests.conftest import wait_until, worker_ready
 from tests.faults.conftest import FaultRedis, fault_bridge
+from tests.recording.conftest import ffmpeg_pids
 
 pytestmark = pytest.mark.faults
 LEASE_S = 2
@@ -37,19 +38,6 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
          "-t", "40", "-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-pix_fmt", "yuv420p",
          "-c:a", "aac", "-b:a", "64k", "-f", "mpegts", str(out)], check=True, timeout=120)
     return out
-
-
-def ffmpeg_pids(recording_id: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"ffmpeg" in cmdline and recording_id.encode() in cmdline:
-                pids.append(int(entry.name))
-    return pids
 
 
 async def recorded(redis: aioredis.Redis, recording_id: str) -> dict[str, str]:

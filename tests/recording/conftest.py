@@ -130,3 +130,16 @@ def stalling_server(payload: bytes) -> Iterator[int]:
         server.close()
         for conn in clients:
             conn.close()
+
+
+def ffmpeg_pids(recording_id: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"ffmpeg" in cmdline and recording_id.encode() in cmdline:
+                pids.append(int(entry.name))
+    return pids

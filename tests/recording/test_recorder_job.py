@@ -15,7 +15,7 @@ from bridge.store import recording_key
 from tests.conftest import default_config, wait_until
 from tests.fakes.owt_sim import OwtSim
 from tests.fakes.server import serve
-from tests.recording.conftest import running
+from tests.recording.conftest import ffmpeg_pids, running
 
 LESSON = {"id": "c12-l7", "title": "Algebra I"}
 
@@ -72,19 +72,6 @@ async def recorded(redis, recording_id: str) -> dict[str, str]:
 async def recorded_at_least(redis, recording_id: str, seconds: float, part: int = 0) -> bool:
     record = await recorded(redis, recording_id)
     return float(record.get("recorded_s", 0)) >= seconds and int(record.get("part", -1)) >= part
-
-
-def ffmpeg_pids(recording_id: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"ffmpeg" in cmdline and recording_id.encode() in cmdline:
-                pids.append(int(entry.name))
-    return pids
 
 
 async def check_file(completed: dict, ffbin) -> float:
