@@ -9,8 +9,9 @@ for its origin (the most recently used, whose connection is warmest) or makes on
 back when its response is closed.
 
 It is also where one slow or hanging peer is kept to its share of a worker. An origin (one LMS
-endpoint, one provider API) gets at most `max_per_origin` requests in flight: past that a request is
-refused at once with `OriginBusy`, so jobs for other origins keep the worker's slots. And a request's
+endpoint, one provider API) gets at most `max_per_origin` requests in flight: past that a request waits
+up to SLOT_WAIT_S for one to finish (a burst to a healthy LMS), then is refused with `OriginBusy`
+(a hanging one), so jobs for other origins keep the worker's slots. And a request's
 `deadline_s` covers the whole exchange, body included: httpx's own timeouts are per read, so a peer
 answering one byte a second would never trip them.
 """
@@ -25,6 +26,7 @@ import httpx
 
 IDLE_PER_ORIGIN = 50            # idle kept-alive connections per origin, as the shared pool allowed
 MAX_PER_ORIGIN = 10             # a worker runs 50 jobs at once: one hanging origin holds at most a fifth
+SLOT_WAIT_S = 0.05              # a healthy origin frees a slot in milliseconds; a hanging one does not
 
 # A pinned webhook URL names an address; its TLS name travels as sni_hostname and is part of the key,
 # so a connection verified for one name is never reused for another name at the same address.
@@ -66,7 +68,7 @@ class ConnectionPerRequestTransport(httpx.AsyncBaseTransport):
         `extensions["deadline_s"]`; `transport_options` go to each one-connection
         httpx.AsyncHTTPTransport (verify, cert, ...)."""
         self.idle: dict[Origin, list[httpx.AsyncHTTPTransport]] = {}
-        self.busy: dict[Origin, int] = {}
+        self.slots: dict[Origin, asyncio.Semaphore] = {}
         self.max_per_origin, self.deadline_s = max_per_origin, deadline_s
         self.options = transport_options
         self.closed = False
@@ -74,19 +76,22 @@ class ConnectionPerRequestTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         origin = (request.url.raw_scheme, request.url.raw_host, request.url.port,
                   request.extensions.get("sni_hostname"))
-        if self.busy.get(origin, 0) >= self.max_per_origin:
-            raise OriginBusy(f"{self.max_per_origin} requests to this origin are already in flight", request=request)
+        slots = self.slots.get(origin) or self.slots.setdefault(origin, asyncio.Semaphore(self.max_per_origin))
+        try:
+            async with asyncio.timeout(SLOT_WAIT_S):
+                await slots.acquire()          # at once (no loop turn) while the origin has a free slot
+        except TimeoutError:
+            raise OriginBusy(f"{self.max_per_origin} requests to this origin are in flight", request=request) from None
         seconds = request.extensions.get("deadline_s", self.deadline_s)
         deadline = None if seconds is None else asyncio.get_running_loop().time() + seconds
         idle = self.idle.setdefault(origin, [])
         transport = idle.pop() if idle else httpx.AsyncHTTPTransport(
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1), **self.options)
-        self.busy[origin] = self.busy.get(origin, 0) + 1
         try:
             async with asyncio.timeout_at(deadline):
                 response = await transport.handle_async_request(request)
         except BaseException as exc:
-            self.busy[origin] -= 1
+            slots.release()
             await transport.aclose()
             if isinstance(exc, TimeoutError):
                 raise httpx.ReadTimeout("no answer within the request's deadline", request=request) from None
@@ -96,7 +101,7 @@ class ConnectionPerRequestTransport(httpx.AsyncBaseTransport):
         return response
 
     async def _give_back(self, origin: Origin, transport: httpx.AsyncHTTPTransport) -> None:
-        self.busy[origin] -= 1
+        self.slots[origin].release()
         idle = self.idle.setdefault(origin, [])
         if self.closed or len(idle) >= IDLE_PER_ORIGIN:
             await transport.aclose()

@@ -277,7 +277,7 @@ async def deliver_outbound(redis: ArqRedis, transport: httpx.AsyncBaseTransport,
         return await _settle_now(redis, msg_id, "disabled")
     result, answer, seconds = await attempt(transport, settings, source, msg_id, outbound.payload)
     if result.busy:
-        delay = min(BUSY_WAIT_CAP_S, 0.25 * 2 ** waits) * random.uniform(1 - JITTER, 1 + JITTER)
+        delay = min(BUSY_WAIT_CAP_S, 2.0 ** waits) * random.uniform(1 - JITTER, 1 + JITTER)
         await redis.enqueue_job("deliver_webhook", msg_id, number, waits + 1, _job_id=f"{msg_id}:{number}:w{waits + 1}",
                                 _defer_by=delay, _queue_name=WORKER_QUEUE, _expires=delay + JOB_EXPIRES_MS / 1000)
         return "waiting"
