@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from bridge.processes import free_port
+from tests.fakes.threaded_server import threaded_server
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:
@@ -35,8 +35,7 @@ class CuttingProxy:
         self.refuse_until = 0.0
         self.cuts = 0
         self.pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -72,27 +71,13 @@ class CuttingProxy:
             _reset(upstream)
 
     def cut(self, refuse_s: float) -> None:
+        assert self.loop is not None
         self.loop.call_soon_threadsafe(self._cut, refuse_s)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.port))
-        self.ready.set()
-        try:
-            self.loop.run_forever()
-        finally:
-            server.close()
 
 
 @contextmanager
 def cutting_proxy(upstream_port: int) -> Iterator[CuttingProxy]:
     proxy = CuttingProxy(upstream_port)
-    thread = threading.Thread(target=proxy._run, daemon=True)
-    thread.start()
-    if not proxy.ready.wait(10):
-        raise RuntimeError("proxy did not start")
-    try:
+    with threaded_server(proxy._handle, proxy.port) as loop:
+        proxy.loop = loop
         yield proxy
-    finally:
-        proxy.loop.call_soon_threadsafe(proxy.loop.stop)
-        thread.join(timeout=10)
