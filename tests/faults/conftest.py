@@ -32,6 +32,7 @@ from tests.fakes.server import serve
 
 RECOVERY_BUDGET_S = 10.0
 REPORTS: list[FaultCounts] = []
+SLOW_PEER_REPORTS: list[str] = []         # markdown rows: peer, events for it, p50 before/during, peak connections
 
 
 @dataclass
@@ -54,7 +55,7 @@ class FaultCounts:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not REPORTS:
+    if not REPORTS and not SLOW_PEER_REPORTS:
         return
     terminalreporter.section("fault suite: what each fault did")
     terminalreporter.write_line("| fault | sent | acknowledged | refused (503/conn) | completed | doubled | "
@@ -62,6 +63,13 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     terminalreporter.write_line("|---|---|---|---|---|---|---|---|---|")
     for report in REPORTS:
         terminalreporter.write_line(report.line())
+    if SLOW_PEER_REPORTS:
+        terminalreporter.write_line("")
+        terminalreporter.write_line("| hanging peer | events for it | other source's join p50 before ms | during ms | "
+                                    "peak connections to it |")
+        terminalreporter.write_line("|---|---|---|---|---|")
+        for row in SLOW_PEER_REPORTS:
+            terminalreporter.write_line(row)
 
 
 class TimedReceiver(Receiver):

@@ -23,7 +23,7 @@ from bridge.http_transport import MAX_PER_ORIGIN
 from bridge.store import job_runs_key
 from tests.conftest import WEBHOOK_SECRET, Bridge, wait_until, worker_ready
 from tests.fakes.slow_http import slow_peer
-from tests.faults.conftest import REPORTS, FaultCounts, FaultRedis, TimedReceiver, join_event
+from tests.faults.conftest import SLOW_PEER_REPORTS, FaultRedis, TimedReceiver, join_event
 
 pytestmark = pytest.mark.faults
 TIMEOUT_S = 3
@@ -132,9 +132,7 @@ async def test_a_hanging_peer_costs_only_its_share(peer: str, fault_redis: Fault
                     for raw in await redis.lrange(key, 0, -1)]
         await redis.aclose()
     normal_p50, during_p50 = normal[len(normal) // 2], during[len(during) // 2]
-    REPORTS.append(FaultCounts(fault=f"{peer} ({BURST} events for it)", sent=2 * len(normal) + BURST,
-                               acknowledged=2 * len(normal) + BURST, completed=2 * len(normal),
-                               normal_ms=normal_p50, recovery_s=0.0))
+    SLOW_PEER_REPORTS.append(f"| {peer} | {BURST} | {normal_p50:.1f} | {during_p50:.1f} | {peak} |")
     print(f"{peer}: other source's join p50 {normal_p50:.1f} ms before, {during_p50:.1f} ms during; "
           f"peak connections to the peer {peak}")
     assert all(alive)
