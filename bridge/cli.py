@@ -86,6 +86,9 @@ def _run_worker(queue: str) -> None:
     logs.configure()
     # uvloop's C transports make each socket write (a Redis command, a webhook POST) far cheaper.
     asyncio.set_event_loop(uvloop.new_event_loop())
+    if queue == RECORDER_QUEUE:
+        from bridge.recorder import check_ffmpeg_at_startup
+        check_ffmpeg_at_startup(_settings())    # exits 2: binary path, its version, the supported range
     settings, embedded = _ensure_redis(_settings())
     try:
         worker = ResilientWorker(**worker_settings(settings, queue))

@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import os
 import socket
+import sys
 import time
 from typing import Any, NamedTuple
 from urllib.parse import urlparse
@@ -35,6 +36,7 @@ from bridge.recording import (
     RecordingSession,
     RecordingSpec,
     RunResult,
+    check_ffmpeg,
     stop_all,
 )
 from bridge.redis_link import LINK, REDIS_AWAY
@@ -53,6 +55,18 @@ def recording_id_for(ref: str) -> str:
 def recorder_config(settings: Any) -> RecorderConfig:
     return RecorderConfig.from_settings({**settings.recording_options, "dir": settings.recording_dir,
                                          "max_duration_s": settings.recording_max_duration_s})
+
+
+def check_ffmpeg_at_startup(settings: Any) -> None:
+    """The recorder process refuses to start without a supported FFmpeg: exit 2 with one clear line
+    (the binary's path, its version, the supported range), as for a configuration error."""
+    try:
+        binaries = check_ffmpeg(recorder_config(settings))
+    except RecordingError as exc:
+        print(f"recorder cannot start: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    log.info("recorder.ffmpeg", ffmpeg=binaries.ffmpeg, version=binaries.info.label if binaries.info else None,
+             origin=binaries.origin, ffprobe=binaries.ffprobe, skipped=list(binaries.skipped))
 
 
 def lease_s(settings: Any) -> float:

@@ -4,6 +4,7 @@ Public API (everything a job needs)::
 
     from bridge.recording import RecorderConfig, RecordingSpec, ListenSpec, RecordingSession
     from bridge.recording import finalize, finalize_all, stop_all, active_sessions, get_session
+    from bridge.recording import check_ffmpeg      # start-up: binaries exist and are in SUPPORTED
 
 See session.py for the life cycle, parts.py for the on-disk layout, process.py for how FFmpeg is kept
 from outliving its supervisor, ffmpeg.py for binaries, command lines and probing.
@@ -20,10 +21,13 @@ from bridge.recording.config import (
     RecordingSpec,
     RunResult,
     StopGraces,
+    check_ffmpeg,
 )
 from bridge.recording.ffmpeg import (
+    SUPPORTED,
     FFmpegBinaries,
     FFmpegError,
+    FFmpegVersionError,
     ProbeResult,
     Progress,
     StreamInfo,
@@ -43,9 +47,11 @@ from bridge.recording.session import (
 
 __all__ = [
     "PDEATHSIG_AVAILABLE",
+    "SUPPORTED",
     "EndReason",
     "FFmpegBinaries",
     "FFmpegError",
+    "FFmpegVersionError",
     "FinalizeResult",
     "InsufficientDiskSpace",
     "ListenSpec",
@@ -62,6 +68,7 @@ __all__ = [
     "StopGraces",
     "StreamInfo",
     "active_sessions",
+    "check_ffmpeg",
     "finalize",
     "finalize_all",
     "get_session",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -9,14 +10,24 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from bridge.recording.ffmpeg import LISTEN_PROTOCOLS, PART_FORMATS
+from bridge.recording.ffmpeg import (
+    LISTEN_PROTOCOLS,
+    PART_FORMATS,
+    FFmpegBinaries,
+    FFmpegError,
+    FFmpegVersionError,
+    locate_ffmpeg,
+    require_supported,
+)
 
 GiB = 1024**3
+log = logging.getLogger("bridge.recording")
 
 
 class RecordingError(RuntimeError):
     """A recording cannot start. ``code`` is machine-readable: ``bad_spec``, ``ffmpeg_not_found``,
-    ``disk_space``, ``busy`` (another supervisor holds this recording), ``port``."""
+    ``ffmpeg_version`` (outside ``ffmpeg.SUPPORTED``), ``disk_space``, ``busy`` (another supervisor holds
+    this recording), ``port``."""
 
     def __init__(self, code: str, message: str):
         super().__init__(message)
@@ -56,7 +67,7 @@ class RecorderConfig:
 
     root: Path = Path("var/recordings")
     max_duration_s: float = 6 * 3600.0
-    ffmpeg: str | None = None
+    ffmpeg: str | None = None               # "auto" (None: BRIDGE_FFMPEG, else auto) | "bundled" | a path
     ffprobe: str | None = None
     min_free_bytes: int = 2 * GiB           # refuse to start below this
     stop_free_bytes: int | None = None      # stop a running recording below this (default min_free/4)
@@ -77,6 +88,18 @@ class RecorderConfig:
         object.__setattr__(self, "root", Path(self.root).expanduser().resolve())
         if self.part_format not in PART_FORMATS:
             raise RecordingError("bad_spec", f"recording.part_format must be one of {sorted(PART_FORMATS)}")
+
+    def binaries(self) -> FFmpegBinaries:
+        """The FFmpeg (and ffprobe) this config selects, checked against ``ffmpeg.SUPPORTED``.
+
+        Raises RecordingError ``ffmpeg_not_found`` or ``ffmpeg_version`` (the message names the binary's
+        path, its version and the supported range)."""
+        try:
+            return require_supported(locate_ffmpeg(self.ffmpeg, self.ffprobe))
+        except FFmpegVersionError as exc:
+            raise RecordingError("ffmpeg_version", str(exc)) from exc
+        except FFmpegError as exc:
+            raise RecordingError("ffmpeg_not_found", str(exc)) from exc
 
     @property
     def part_extension(self) -> str:
@@ -104,6 +127,17 @@ class RecorderConfig:
         kwargs.setdefault("ffmpeg", env.get("BRIDGE_FFMPEG") or None)
         kwargs.setdefault("ffprobe", env.get("BRIDGE_FFPROBE") or None)
         return cls(**kwargs)
+
+
+def check_ffmpeg(config: RecorderConfig) -> FFmpegBinaries:
+    """Start-up check of every process that runs FFmpeg: the configured binaries exist and are in
+    ``ffmpeg.SUPPORTED``. Logs what was chosen (and any PATH binary passed over); raises RecordingError
+    (``ffmpeg_not_found`` / ``ffmpeg_version``) with the path, the version and the range."""
+    binaries = config.binaries()
+    for note in binaries.skipped:
+        log.warning("%s; using %s instead", note, binaries.ffmpeg)
+    log.info("recording with %s", binaries.describe())
+    return binaries
 
 
 @dataclass(frozen=True)

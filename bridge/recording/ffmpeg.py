@@ -2,15 +2,19 @@
 
 Nothing here keeps state between calls except a small cache of located binaries.
 
-Binary choice, first match wins:
-1. an explicit path (``RecorderConfig.ffmpeg`` / ``[recording] ffmpeg``),
-2. ``BRIDGE_FFMPEG`` in the environment,
-3. ``ffmpeg`` on ``PATH``,
-4. the binary shipped by imageio-ffmpeg (it has no ffprobe).
+Binary choice (``[recording] ffmpeg``, else ``BRIDGE_FFMPEG``, else ``"auto"``):
+
+- ``"auto"``: ``ffmpeg`` on ``PATH`` when its version is in ``SUPPORTED``, otherwise the binary shipped
+  by imageio-ffmpeg (it has no ffprobe); a PATH binary passed over is noted in ``skipped``.
+- ``"bundled"``: the imageio-ffmpeg binary, whatever is on PATH.
+- a path (or a name looked up on PATH): exactly that binary.
 
 ffprobe is used only when it sits next to the chosen ffmpeg (or ``BRIDGE_FFPROBE`` / an explicit path
 names it); otherwise probing parses ``ffmpeg -i FILE`` and, for a deep probe, a ``-c copy -f null`` pass.
 Set ``BRIDGE_FFPROBE=none`` to force the ffmpeg-only path.
+
+Every binary the recorder runs must be in ``SUPPORTED`` (``require_supported``); the recorder process
+checks it at start-up and each session again before it spawns FFmpeg.
 """
 
 from __future__ import annotations
@@ -55,15 +59,89 @@ class FFmpegError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class FFmpegVersion:
+    """What ``-version`` says: the release (``5.1.9-0+deb12u1`` → (5, 1)) and libavformat's version,
+    which also dates builds whose version is a git description (``N-114000-g…``)."""
+
+    text: str                                  # the first line, e.g. "ffmpeg version 5.1.9-0+deb12u1"
+    release: tuple[int, int] | None = None     # (major, minor) when the version string is numeric
+    libavformat: tuple[int, int] | None = None
+
+    @property
+    def label(self) -> str:
+        m = re.search(r"version (\S+)", self.text)
+        return m.group(1) if m else (self.text or "unknown")
+
+
+@dataclass(frozen=True)
+class VersionRange:
+    """Releases ``minimum <= v < below``. A git build with no release number is judged by libavformat
+    against ``minimum``'s (``min_libavformat``); it has no upper bound (it is newer than any release)."""
+
+    minimum: tuple[int, int]
+    below: tuple[int, int]
+    min_libavformat: tuple[int, int]
+
+    def __str__(self) -> str:
+        return f">= {self.minimum[0]}.{self.minimum[1]}, < {self.below[0]}"
+
+    def contains(self, version: FFmpegVersion) -> bool:
+        if version.release is not None:
+            return self.minimum <= version.release < self.below
+        return version.libavformat is not None and version.libavformat >= self.min_libavformat
+
+
+# The FFmpeg releases the recorder supports: tested with Debian 12's 5.1 and the imageio-ffmpeg wheel's
+# binary (9.0 at the time of writing). 5.1 ships libavformat 59.27. README "FFmpeg versions" says what
+# differs between the ends and how the recorder copes.
+SUPPORTED = VersionRange(minimum=(5, 1), below=(10, 0), min_libavformat=(59, 27))
+
+
+@dataclass(frozen=True)
 class FFmpegBinaries:
     ffmpeg: str
     ffprobe: str | None          # None: probe with ffmpeg itself
     origin: str                  # "config" | "env" | "path" | "imageio-ffmpeg"
     version: tuple[int, int] | None = None   # (major, minor) when the version string is numeric
+    info: FFmpegVersion | None = None        # ffmpeg's -version
+    ffprobe_info: FFmpegVersion | None = None
+    skipped: tuple[str, ...] = ()            # "auto": binaries passed over, and why
 
     @property
     def supports_stats_period(self) -> bool:   # -stats_period appeared in FFmpeg 4.4
         return self.version is None or self.version >= (4, 4)
+
+    def describe(self) -> str:
+        text = f"ffmpeg {self.info.label if self.info else '?'} at {self.ffmpeg} ({self.origin})"
+        if self.ffprobe:
+            text += f", ffprobe {self.ffprobe_info.label if self.ffprobe_info else '?'} at {self.ffprobe}"
+        return text
+
+
+class FFmpegVersionError(FFmpegError):
+    """A binary outside ``SUPPORTED``; the message names its path, its version and the range."""
+
+
+def unsupported(binaries: FFmpegBinaries, supported: VersionRange = SUPPORTED) -> list[str]:
+    """One line per binary in use that is outside ``supported`` (empty: all good)."""
+    problems = []
+    for kind, path, info in (("ffmpeg", binaries.ffmpeg, binaries.info),
+                             ("ffprobe", binaries.ffprobe, binaries.ffprobe_info)):
+        if path is None or (info is not None and supported.contains(info)):
+            continue
+        said = f"version {info.label} ({info.text!r})" if info and info.text else "of unknown version"
+        problems.append(f"{kind} at {path} is {said}; the recorder supports FFmpeg {supported}")
+    return problems
+
+
+def require_supported(binaries: FFmpegBinaries, supported: VersionRange = SUPPORTED) -> FFmpegBinaries:
+    """``binaries`` if every one in use is in ``supported``; else FFmpegVersionError naming each."""
+    problems = unsupported(binaries, supported)
+    if problems:
+        hint = ('set [recording] ffmpeg = "bundled" (the imageio-ffmpeg binary) or the path of a '
+                "supported FFmpeg")
+        raise FFmpegVersionError("; ".join([*problems, *binaries.skipped]) + f". {hint}")
+    return binaries
 
 
 def _is_exe(path: str | os.PathLike[str] | None) -> bool:
@@ -81,14 +159,40 @@ def _sibling_ffprobe(ffmpeg: str) -> str | None:
     return None
 
 
-def _version_of(ffmpeg: str) -> tuple[int, int] | None:
+def parse_version(text: str) -> FFmpegVersion:
+    """Read ``ffmpeg -version`` / ``ffprobe -version`` output."""
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    release = lavf = None
+    if m := re.search(r"\bversion n?(\d+)\.(\d+)", first):
+        release = (int(m.group(1)), int(m.group(2)))
+    if m := re.search(r"^\s*libavformat\s+(\d+)\.\s*(\d+)\.", text, re.MULTILINE):
+        lavf = (int(m.group(1)), int(m.group(2)))
+    return FFmpegVersion(text=first, release=release, libavformat=lavf)
+
+
+@lru_cache(maxsize=32)
+def _version_of(binary: str) -> FFmpegVersion | None:
     try:
-        out = subprocess.run([ffmpeg, "-hide_banner", "-version"], capture_output=True, timeout=10,
+        out = subprocess.run([binary, "-hide_banner", "-version"], capture_output=True, timeout=10,
                              check=False, stdin=subprocess.DEVNULL).stdout.decode(errors="replace")
     except (OSError, subprocess.TimeoutExpired):
         return None
-    m = re.search(r"ffmpeg version n?(\d+)\.(\d+)", out)
-    return (int(m.group(1)), int(m.group(2))) if m else None
+    return parse_version(out)
+
+
+def _bundled() -> str:
+    try:
+        import imageio_ffmpeg
+
+        return str(imageio_ffmpeg.get_ffmpeg_exe())
+    except Exception as exc:      # ImportError, or RuntimeError when it ships no binary
+        raise FFmpegError("no ffmpeg found: install FFmpeg on PATH, set [recording] ffmpeg / "
+                          "BRIDGE_FFMPEG, or install imageio-ffmpeg") from exc
+
+
+def _in_range(binary: str) -> bool:
+    info = _version_of(binary)
+    return info is not None and SUPPORTED.contains(info)
 
 
 @lru_cache(maxsize=16)
@@ -96,25 +200,34 @@ def _locate(ffmpeg: str | None, ffprobe: str | None, env_ffmpeg: str | None, env
             path_env: str | None) -> FFmpegBinaries:
     origin = ""
     chosen: str | None = None
+    skipped: list[str] = []
     for candidate, where in ((ffmpeg, "config"), (env_ffmpeg, "env")):
+        if candidate and candidate.lower() == "auto":
+            break
+        if candidate and candidate.lower() == "bundled":
+            chosen, origin = _bundled(), "imageio-ffmpeg"
+            break
         if candidate:
             resolved = candidate if os.sep in candidate else shutil.which(candidate, path=path_env)
             if not _is_exe(resolved):
                 raise FFmpegError(f"ffmpeg binary from {where} is not an executable file: {candidate}")
             chosen, origin = str(resolved), where
             break
-    if chosen is None:
+    if chosen is None:                                     # auto: PATH if supported, else bundled
         found = shutil.which("ffmpeg", path=path_env)
-        if found:
+        if found and _in_range(found):
             chosen, origin = found, "path"
-    if chosen is None:
-        try:
-            import imageio_ffmpeg
-
-            chosen, origin = imageio_ffmpeg.get_ffmpeg_exe(), "imageio-ffmpeg"
-        except Exception as exc:      # ImportError, or RuntimeError when it ships no binary
-            raise FFmpegError("no ffmpeg found: install FFmpeg on PATH, set BRIDGE_FFMPEG, "
-                              "or install imageio-ffmpeg") from exc
+        else:
+            if found:
+                info = _version_of(found)
+                skipped.append(f"ffmpeg on PATH at {found} ({info.label if info else 'unknown version'}) "
+                               f"is outside FFmpeg {SUPPORTED}")
+            try:
+                chosen, origin = _bundled(), "imageio-ffmpeg"
+            except FFmpegError:
+                if not found:
+                    raise
+                chosen, origin = found, "path"             # require_supported will name it
     probe_bin: str | None
     explicit_probe = ffprobe or env_ffprobe
     if explicit_probe and explicit_probe.lower() in {"none", "off", "0", "false"}:
@@ -126,12 +239,16 @@ def _locate(ffmpeg: str | None, ffprobe: str | None, env_ffmpeg: str | None, env
         probe_bin = str(resolved)
     else:
         probe_bin = _sibling_ffprobe(chosen)
-    return FFmpegBinaries(ffmpeg=chosen, ffprobe=probe_bin, origin=origin, version=_version_of(chosen))
+    info = _version_of(chosen)
+    return FFmpegBinaries(ffmpeg=chosen, ffprobe=probe_bin, origin=origin,
+                          version=info.release if info else None, info=info,
+                          ffprobe_info=_version_of(probe_bin) if probe_bin else None, skipped=tuple(skipped))
 
 
 def locate_ffmpeg(ffmpeg: str | None = None, ffprobe: str | None = None,
                   env: Mapping[str, str] | None = None) -> FFmpegBinaries:
-    """Find ffmpeg (and ffprobe when it is next to it). Cached; raises FFmpegError."""
+    """Find ffmpeg (and ffprobe when it is next to it). ``ffmpeg``: ``"auto"`` (default), ``"bundled"``
+    or a path. Cached; raises FFmpegError. Does not judge versions: see ``require_supported``."""
     env = os.environ if env is None else env
     return _locate(ffmpeg or None, ffprobe or None, env.get("BRIDGE_FFMPEG") or None,
                    env.get("BRIDGE_FFPROBE") or None, env.get("PATH"))
@@ -265,7 +382,10 @@ def concat_list_text(files: Sequence[str | os.PathLike[str]]) -> str:
 
 @dataclass(frozen=True)
 class Progress:
-    """One ``-progress`` block. ``recorded_s`` adds the parts recorded before this one."""
+    """One ``-progress`` block. ``recorded_s`` adds the parts recorded before this one.
+
+    A session fills in ``speed`` when FFmpeg left it ``N/A`` (5.1 does in its first block), and reports
+    ``measured=True`` blocks of its own when FFmpeg is silent but the part grew (see session.py)."""
 
     out_time_s: float | None        # media time written to the current part
     total_size: int | None          # bytes written to the current part
@@ -276,6 +396,7 @@ class Progress:
     part_index: int = 0
     recorded_s: float = 0.0         # whole recording so far: previous parts + out_time_s
     wall_s: float = 0.0             # seconds since this part's FFmpeg was started
+    measured: bool = False          # from probing the part, not from FFmpeg's -progress
 
 
 def _num(value: str | None, kind: type = float) -> Any:

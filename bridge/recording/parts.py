@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridge.recording.config import FinalizeResult, InsufficientDiskSpace, RecorderConfig
+from bridge.recording.config import FinalizeResult, InsufficientDiskSpace, RecorderConfig, RecordingError
 from bridge.recording.ffmpeg import (
     PART_FORMATS,
     FFmpegBinaries,
@@ -39,7 +39,6 @@ from bridge.recording.ffmpeg import (
     ProbeResult,
     build_concat_command,
     concat_list_text,
-    locate_ffmpeg,
     probe,
 )
 from bridge.recording.process import child_kwargs
@@ -309,9 +308,9 @@ async def finalize(lesson_id: str, recording_id: str, config: RecorderConfig | N
         return FinalizeResult(ok=False, reason=reason, stderr_tail=lines, **base, **extra)  # type: ignore[arg-type]
 
     try:
-        binaries = binaries or locate_ffmpeg(config.ffmpeg, config.ffprobe)
-    except FFmpegError as exc:
-        return fail("ffmpeg_not_found", str(exc))
+        binaries = binaries or config.binaries()
+    except RecordingError as exc:
+        return fail(exc.code, str(exc))
     if not paths.dir.is_dir():
         return fail("no_media", f"no recording directory {paths.dir}")
     lock = DirLock(paths.lock_file)

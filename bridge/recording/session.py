@@ -49,7 +49,6 @@ from bridge.recording.ffmpeg import (
     Progress,
     ProgressParser,
     build_record_command,
-    locate_ffmpeg,
     probe,
 )
 from bridge.recording.parts import (
@@ -134,6 +133,8 @@ class RecordingSession:
         self._listen_port: int | None = None
         self._attempt = _Attempt()
         self._last_advance = 0.0
+        self._last_block_at = 0.0     # monotonic: FFmpeg's last -progress block
+        self._part_checked = (0, 0.0)  # (part size, monotonic) at the last measurement of a silent part
 
     # ------------------------------------------------------------------------------------ properties
 
@@ -190,10 +191,7 @@ class RecordingSession:
         self._loop_thread = threading.get_ident()
         if self.key in _ACTIVE:
             raise RecordingBusy(f"recording {self.spec.recording_id} is already running in this process")
-        try:
-            binaries = self._binaries or locate_ffmpeg(self.config.ffmpeg, self.config.ffprobe)
-        except FFmpegError as exc:
-            raise RecordingError("ffmpeg_not_found", str(exc)) from exc
+        binaries = self._binaries or self.config.binaries()
         self._binaries = binaries
         self.paths.dir.mkdir(parents=True, exist_ok=True)
         check_free_space(self.paths.dir, self.config.min_free_bytes)
@@ -381,6 +379,7 @@ class RecordingSession:
         write_pid_file(self.paths, proc.pid, part)
         self._spawned.set()
         self._set_state(SessionState.STARTING)
+        self._last_block_at, self._part_checked = t_spawn, (0, t_spawn)
         readers = [asyncio.create_task(self._read_progress(proc.stdout, index, t_spawn)),
                    asyncio.create_task(self._read_stderr(proc.stderr))]
         proc_wait = asyncio.create_task(proc.wait())
@@ -406,6 +405,9 @@ class RecordingSession:
                     self._listening.set()
                     if not attempt.media_started:
                         self._set_state(SessionState.LISTENING)
+                if attempt.reason is None:
+                    await self._measure_silent_part(part, index, t_spawn)
+                    now = time.monotonic()
                 if attempt.reason is None and not attempt.media_started and now - t_spawn > start_limit:
                     attempt.reason = EndReason.START_TIMEOUT
                     attempt.detail = (f"no publisher within {spec.listen_timeout_s:g}s" if spec.is_listen
@@ -497,6 +499,35 @@ class RecordingSession:
             _remove(part)
         attempt.out_time_s = 0.0   # now counted in _run_recorded
 
+    async def _measure_silent_part(self, part: Path, index: int, t_spawn: float) -> None:
+        """FFmpeg before 7.0 reads, muxes and reports in one thread: while a read blocks (a stalled input,
+        the wait for the next HLS segment) it writes no ``-progress`` block at all, and the last one may
+        be seconds behind the part (a 6 s burst then silence reads as 0.02 s). 7.x reports on time from
+        a thread of its own. So when FFmpeg has said nothing for a while and the part grew since the last
+        look, measure the part itself: its probed duration is the media time written, its mtime the
+        moment of the last write (what ``idle_s`` and stall detection count from)."""
+        now = time.monotonic()
+        quiet = max(1.0, 4 * self.config.progress_period_s)
+        checked_size, checked_at = self._part_checked
+        if now - self._last_block_at < quiet or now - checked_at < quiet:
+            return
+        try:
+            st = os.stat(part)
+        except FileNotFoundError:
+            return
+        if st.st_size == checked_size:
+            return
+        self._part_checked = (st.st_size, now)
+        try:
+            info = await probe(part, self._binaries, timeout_s=5)
+        except (FFmpegError, TimeoutError):
+            return
+        if (info.has_video or info.has_audio) and info.duration_s:
+            written_at = now - max(0.0, time.time() - st.st_mtime)
+            block = Progress(out_time_s=info.duration_s, total_size=st.st_size, speed=None, bitrate_kbps=None,
+                             frame=None, ended=False, measured=True)
+            self._on_block(block, index, t_spawn, advanced_at=written_at)
+
     async def _read_progress(self, stream: asyncio.StreamReader | None, index: int, t_spawn: float) -> None:
         if stream is None:
             return
@@ -508,24 +539,30 @@ class RecordingSession:
             for raw in lines:
                 block = parser.feed(raw.decode(errors="replace"))
                 if block is not None:
+                    self._last_block_at = time.monotonic()
                     self._on_block(block, index, t_spawn)
 
-    def _on_block(self, block: Progress, index: int, t_spawn: float) -> None:
+    def _on_block(self, block: Progress, index: int, t_spawn: float, advanced_at: float | None = None) -> None:
         now = time.monotonic()
+        at = now if advanced_at is None else advanced_at
         attempt = self._attempt
         out = block.out_time_s or 0.0
         if out > attempt.out_time_s + 1e-6:
             attempt.out_time_s = out
-            self._last_advance = now
+            self._last_advance = max(self._last_advance, at)
         if not attempt.media_started and out > 0:
             attempt.media_started = True
-            self._last_advance = now
+            self._last_advance = at
             if self.first_media_at is None:
                 self.first_media_at = now
             self._started.set()
             self._listening.set()
             self._set_state(SessionState.RECORDING)
-        progress = replace(block, part_index=index, wall_s=round(now - t_spawn, 3),
+        wall = now - t_spawn
+        speed = block.speed
+        if speed is None and out > 0 and wall > 0:   # 5.1 says speed=N/A in its first block: FFmpeg's
+            speed = round(out / wall, 3)             # own formula (media time / time since start)
+        progress = replace(block, part_index=index, wall_s=round(wall, 3), speed=speed,
                            recorded_s=round(self._recorded_before + self._run_recorded + out, 3))
         if self.on_progress is not None:
             self._emit(self.on_progress, progress)

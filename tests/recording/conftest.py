@@ -1,11 +1,21 @@
 """Real FFmpeg fixtures: one generated source per test session, a recorder root per test, helpers that
-wait on conditions with bounded deadlines (never fixed sleeps)."""
+wait on conditions with bounded deadlines (never fixed sleeps).
+
+Every test that records runs once per FFmpeg binary in ``BINARIES``: the bundled (imageio-ffmpeg) one
+always, and the distribution's ``ffmpeg`` on PATH when one is installed and in the supported range. The
+binaries and their versions are printed at the end of the run. Test media are made once, by the bundled
+binary, so the binaries under test differ only in how they record.
+
+Durations are judged by what FFmpeg and ffprobe report, never by wall-clock time; tolerances come from
+the generated input (frame, GOP, audio frame), so a loaded machine gives the same verdict as an idle one.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,28 +25,74 @@ from pathlib import Path
 
 import pytest
 
-from bridge.recording import RecorderConfig, active_sessions, locate_ffmpeg
-from bridge.recording.ffmpeg import FFmpegBinaries
+from bridge.recording import SUPPORTED, RecorderConfig, active_sessions, locate_ffmpeg
+from bridge.recording.ffmpeg import FFmpegBinaries, unsupported
 from bridge.recording.process import is_listening
 
 SOURCE_SECONDS = 8
+FPS = 25
+GOP_S = 1.0                        # -g 25 at 25 fps: a stream copy can only start on a key frame
+AUDIO_FRAME_S = 1024 / 48000       # one AAC frame
+FRAME_S = max(1 / FPS, AUDIO_FRAME_S)
+# A cut part may lose or gain up to one GOP at a stop/kill (unflushed tail, key-frame start) plus a frame
+# of each kind where probes measure to the end of the last packet.
+CUT_TOLERANCE_S = GOP_S + 2 * FRAME_S
+
+
+def _binaries() -> dict[str, FFmpegBinaries]:
+    """``bundled`` always; ``system`` when PATH has another ffmpeg in the supported range."""
+    found = {"bundled": locate_ffmpeg("bundled")}
+    system = shutil.which("ffmpeg")
+    if system and os.path.realpath(system) != os.path.realpath(found["bundled"].ffmpeg):
+        candidate = locate_ffmpeg(system)
+        if unsupported(candidate):
+            SKIPPED_BINARIES.extend(unsupported(candidate))
+        else:
+            found["system"] = candidate
+    return found
+
+
+SKIPPED_BINARIES: list[str] = []
+BINARIES = _binaries()
+
+
+def choice(binaries: FFmpegBinaries) -> str:
+    """The ``[recording] ffmpeg`` value that selects ``binaries``."""
+    return "bundled" if binaries.origin == "imageio-ffmpeg" else binaries.ffmpeg
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    lines = [f"  {name}: {b.describe()}" for name, b in BINARIES.items()]
+    lines += [f"  not tested (outside {SUPPORTED}): {note}" for note in SKIPPED_BINARIES]
+    terminalreporter.write_line("recording tests ran against FFmpeg " + f"{SUPPORTED}:\n" + "\n".join(lines))
+
+
+def _param_id(name: str) -> str:
+    release = BINARIES[name].version
+    return f"{name}-{release[0]}.{release[1]}" if release else name
+
+
+@pytest.fixture(scope="session", params=sorted(BINARIES), ids=_param_id)
+def ffbin(request: pytest.FixtureRequest) -> FFmpegBinaries:
+    return BINARIES[request.param]
 
 
 @pytest.fixture(scope="session")
-def ffbin() -> FFmpegBinaries:
-    return locate_ffmpeg()
+def media_bin() -> FFmpegBinaries:
+    return BINARIES["bundled"]
 
 
 @pytest.fixture(scope="session")
-def source_ts(ffbin: FFmpegBinaries, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def source_ts(media_bin: FFmpegBinaries, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """8 s of testsrc2 + sine, H.264 (1 s GOP) + AAC in MPEG-TS: cheap to make, real codecs."""
     out = tmp_path_factory.mktemp("media") / "source.ts"
     subprocess.run(
-        [ffbin.ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-         "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25",
+        [media_bin.ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+         "-f", "lavfi", "-i", f"testsrc2=size=320x240:rate={FPS}",
          "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
          "-t", str(SOURCE_SECONDS), "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
-         "-g", "25", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k", "-f", "mpegts", str(out)],
+         "-g", str(round(GOP_S * FPS)), "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k", "-f", "mpegts",
+         str(out)],
         check=True, timeout=60)
     return out
 
@@ -48,9 +104,22 @@ def source_head(source_ts: Path) -> bytes:
     return data[: len(data) * 6 // SOURCE_SECONDS // 188 * 188]
 
 
+@pytest.fixture(scope="session")
+def source_head_s(source_head: bytes, media_bin: FFmpegBinaries, tmp_path_factory: pytest.TempPathFactory) -> float:
+    """The media duration of ``source_head`` as ffprobe/FFmpeg measure it (to the last packet's end)."""
+    from bridge.recording import probe
+
+    path = tmp_path_factory.mktemp("media") / "head.ts"
+    path.write_bytes(source_head)
+    info = asyncio.run(probe(path, media_bin, deep=True))
+    assert info.duration_s and info.duration_s > 5, info
+    return info.duration_s
+
+
 @pytest.fixture
-def rec_config(tmp_path: Path) -> RecorderConfig:
-    return RecorderConfig(root=tmp_path / "recordings", min_free_bytes=16 * 2**20, progress_period_s=0.25)
+def rec_config(tmp_path: Path, ffbin: FFmpegBinaries) -> RecorderConfig:
+    return RecorderConfig(root=tmp_path / "recordings", min_free_bytes=16 * 2**20, progress_period_s=0.25,
+                          ffmpeg=choice(ffbin), ffprobe=ffbin.ffprobe or "none")
 
 
 @pytest.fixture(autouse=True)

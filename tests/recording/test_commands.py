@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from bridge.recording import (
+    SUPPORTED,
     InsufficientDiskSpace,
     ListenSpec,
     RecorderConfig,
@@ -24,6 +27,7 @@ from bridge.recording import (
 from bridge.recording.ffmpeg import (
     FFmpegBinaries,
     FFmpegError,
+    FFmpegVersionError,
     ProgressParser,
     build_concat_command,
     build_record_command,
@@ -31,6 +35,8 @@ from bridge.recording.ffmpeg import (
     input_options,
     parse_ffmpeg_info,
     parse_ffprobe_json,
+    parse_version,
+    require_supported,
 )
 
 BIN = FFmpegBinaries(ffmpeg="/opt/ff/ffmpeg", ffprobe=None, origin="config", version=(7, 1))
@@ -47,7 +53,13 @@ def _input_part(cmd: list[str]) -> list[str]:
 # ------------------------------------------------------------------------------------------- binaries
 
 
-def _make_exe(path: Path, text: str = "#!/bin/sh\nexit 0\n") -> Path:
+def _fake(version: str, name: str = "ffmpeg", lavf: str = "60.  3.100") -> str:
+    """A script that answers ``-version`` like FFmpeg ``version`` and does nothing else."""
+    return (f"#!/bin/sh\necho '{name} version {version} Copyright (c) 2000-2024 the FFmpeg developers'\n"
+            f"echo 'libavformat    {lavf} / {lavf}'\n")
+
+
+def _make_exe(path: Path, text: str = _fake("6.1.1")) -> Path:
     path.write_text(text)
     path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return path
@@ -93,6 +105,71 @@ async def test_probe_uses_a_sibling_ffprobe(tmp_path: Path, ffbin: FFmpegBinarie
     assert found.ffprobe == str(bindir / "ffprobe")
     info = await probe(tmp_path / "whatever.ts", found)
     assert (info.method, info.duration_s, info.codec("video"), info.codec("audio")) == ("ffprobe", 7.5, "h264", "aac")
+
+
+@pytest.mark.parametrize(("text", "release", "lavf", "supported"), [
+    ("ffmpeg version 5.1.9-0+deb12u1 Copyright\nlibavformat    59. 27.100 / 59. 27.100\n", (5, 1), (59, 27), True),
+    ("ffmpeg version n9.0.2-17-g2a571b6068-20260930 Copyright\nlibavformat    63.  1.102 / 63.  1.102",
+     (9, 0), (63, 1), True),
+    ("ffmpeg version 4.4.2-0ubuntu0.22.04.1 Copyright\nlibavformat    58. 76.100 / 58. 76.100", (4, 4), (58, 76),
+     False),
+    ("ffmpeg version 5.0.1 Copyright\n", (5, 0), None, False),
+    ("ffmpeg version 10.0 Copyright\n", (10, 0), None, False),          # not tested: refused
+    ("ffmpeg version N-113000-gabcdef0 Copyright\nlibavformat    61.  1.100 / 61.  1.100", None, (61, 1), True),
+    ("ffmpeg version N-100000-gabcdef0 Copyright\nlibavformat    58. 65.101 / 58. 65.101", None, (58, 65), False),
+    ("something else entirely", None, None, False),
+])
+def test_versions_and_the_supported_range(text: str, release: tuple[int, int] | None,
+                                          lavf: tuple[int, int] | None, supported: bool) -> None:
+    version = parse_version(text)
+    assert (version.release, version.libavformat, SUPPORTED.contains(version)) == (release, lavf, supported)
+
+
+async def test_auto_passes_over_an_unsupported_path_ffmpeg_and_explicit_ones_are_refused(tmp_path: Path) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    old = _make_exe(bindir / "ffmpeg", _fake("4.4.2-0ubuntu0.22.04.1", lavf="58. 76.100"))
+    found = locate_ffmpeg(env={"PATH": str(bindir)})                  # auto: PATH's 4.4 is skipped
+    assert found.origin == "imageio-ffmpeg" and require_supported(found) is found
+    assert found.skipped and str(old) in found.skipped[0] and "4.4.2" in found.skipped[0]
+    assert locate_ffmpeg("bundled", env={"PATH": str(bindir)}).ffmpeg == found.ffmpeg
+
+    explicit = locate_ffmpeg(str(old), env={"PATH": ""})
+    with pytest.raises(FFmpegVersionError) as err:
+        require_supported(explicit)
+    message = str(err.value)
+    assert str(old) in message and "4.4.2-0ubuntu0.22.04.1" in message and str(SUPPORTED) in message
+    with pytest.raises(RecordingError) as refused:
+        RecorderConfig(root=tmp_path / "r", ffmpeg=str(old)).binaries()
+    assert refused.value.code == "ffmpeg_version" and str(old) in str(refused.value)
+    session = RecordingSession(RecordingSpec(recording_id="r", lesson_id="l", source_url="/x.ts"),
+                               RecorderConfig(root=tmp_path / "r", ffmpeg=str(old), min_free_bytes=0))
+    with pytest.raises(RecordingError) as at_start:
+        await session.start()
+    assert at_start.value.code == "ffmpeg_version"
+
+
+def test_an_unsupported_ffprobe_is_named_too(tmp_path: Path) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    _make_exe(bindir / "ffmpeg")
+    probe_bin = _make_exe(bindir / "ffprobe", _fake("4.3.1", name="ffprobe", lavf="58. 45.100"))
+    found = locate_ffmpeg(str(bindir / "ffmpeg"), env={"PATH": ""})
+    assert found.ffprobe == str(probe_bin)
+    with pytest.raises(FFmpegVersionError, match=r"ffprobe at .*/ffprobe is version 4\.3\.1"):
+        require_supported(found)
+
+
+def test_the_recorder_process_refuses_to_start_with_an_unsupported_ffmpeg(tmp_path: Path) -> None:
+    old = _make_exe(tmp_path / "old-ffmpeg", _fake("4.4.2", lavf="58. 76.100"))
+    config = tmp_path / "bridge.toml"
+    config.write_text(f'[recording]\ndir = "{tmp_path / "rec"}"\nffmpeg = "{old}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env.update(BRIDGE_CONFIG=str(config), REDIS_URL="redis://127.0.0.1:9/0")   # never reached
+    done = subprocess.run([sys.executable, "-m", "bridge.cli", "recorder"], env=env, capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2, done
+    assert str(old) in done.stderr and "4.4.2" in done.stderr and str(SUPPORTED) in done.stderr, done.stderr
 
 
 # --------------------------------------------------------------------------------------- command lines

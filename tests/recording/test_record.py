@@ -28,12 +28,21 @@ from bridge.recording import (
 )
 from bridge.recording.ffmpeg import FFmpegBinaries, Progress
 from bridge.recording.parts import DirLock
-from tests.recording.conftest import running, stalling_server, wait_for, wait_listening
+from tests.recording.conftest import (
+    CUT_TOLERANCE_S,
+    FRAME_S,
+    choice,
+    running,
+    stalling_server,
+    wait_for,
+    wait_listening,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
 
-async def _assert_playable(path: str, ffbin: FFmpegBinaries, expected_s: float, tolerance: float = 1.0) -> None:
+async def _assert_playable(path: str, ffbin: FFmpegBinaries, expected_s: float,
+                           tolerance: float = CUT_TOLERANCE_S) -> None:
     info = await probe(path, ffbin, deep=True)
     assert info.has_video and info.has_audio, info
     assert info.codec("video") == "h264" and info.codec("audio") == "aac"
@@ -52,11 +61,12 @@ async def test_pull_file_in_real_time_then_finalize(source_ts: Path, rec_config:
     assert session.pid is not None
     result = await session.wait(20)
     assert result.ok and result.reason is EndReason.MAX_DURATION, result
-    assert result.recorded_s == pytest.approx(3, abs=0.5)
+    assert result.recorded_s == pytest.approx(3, abs=2 * FRAME_S)      # -t 3 cuts at a packet
     assert [Path(p).name for p in result.parts] == ["part-000.ts"]
     assert states[0] is SessionState.STARTING and SessionState.RECORDING in states and states[-1] is SessionState.ENDED
     media = [p for p in seen if p.out_time_s]
-    assert media and media[-1].total_size and media[-1].total_size > 0 and media[0].speed
+    assert media and media[-1].total_size and media[-1].total_size > 0
+    assert all(p.speed and p.speed > 0 for p in media), media      # 5.1's first block says speed=N/A
     assert all(b.recorded_s <= a.recorded_s + 1e-6 for b, a in itertools.pairwise(media))
 
     final = await session.finalize()
@@ -64,7 +74,7 @@ async def test_pull_file_in_real_time_then_finalize(source_ts: Path, rec_config:
     assert Path(final.file).is_absolute() and Path(final.file).is_relative_to(rec_config.root)
     data = await asyncio.to_thread(Path(final.file).read_bytes)
     assert final.bytes == len(data) and final.sha256 == hashlib.sha256(data).hexdigest()
-    assert final.duration_s == pytest.approx(3, abs=1)
+    assert final.duration_s == pytest.approx(3, abs=CUT_TOLERANCE_S)
     await _assert_playable(final.file, ffbin, 3)
     again = await finalize(spec.lesson_id, spec.recording_id, rec_config)
     assert again.cached and again.sha256 == final.sha256
@@ -97,7 +107,8 @@ async def test_pull_live_http_stream_served_by_another_ffmpeg(source_ts: Path, r
     assert result.ok and result.reason is EndReason.STOPPED and result.stop_step == "q", result
     final = await finalize(spec.lesson_id, spec.recording_id, rec_config)
     assert final.ok, final
-    assert final.duration_s == pytest.approx(result.recorded_s, abs=1) and final.duration_s >= 2
+    assert final.duration_s == pytest.approx(result.recorded_s, abs=CUT_TOLERANCE_S)
+    assert final.duration_s >= 2.5 - CUT_TOLERANCE_S
     await _assert_playable(final.file, ffbin, result.recorded_s)
 
 
@@ -118,12 +129,12 @@ async def test_listen_mode_records_a_push(protocol: str, muxer: str, source_ts: 
     assert result.ok and result.reason is EndReason.SOURCE_ENDED, result
     assert result.push_url == session.push_url
     final = await session.finalize()
-    assert final.ok and final.duration_s == pytest.approx(3, abs=1), final
+    assert final.ok and final.duration_s == pytest.approx(3, abs=CUT_TOLERANCE_S), final
     await _assert_playable(final.file, ffbin, 3)
 
 
 async def test_stop_while_the_input_is_stalled_is_bounded_and_keeps_a_valid_part(
-        source_head: bytes, rec_config: RecorderConfig, ffbin: FFmpegBinaries) -> None:
+        source_head: bytes, source_head_s: float, rec_config: RecorderConfig, ffbin: FFmpegBinaries) -> None:
     with stalling_server(source_head) as port:             # ≈ 6 s of media, then silence
         spec = RecordingSpec(recording_id="rec-stalled", lesson_id="l-stall",
                              source_url=f"tcp://127.0.0.1:{port}",
@@ -131,7 +142,9 @@ async def test_stop_while_the_input_is_stalled_is_bounded_and_keeps_a_valid_part
         session = RecordingSession(spec, rec_config)
         await session.start()
         assert await session.wait_started(15)
-        await wait_for(lambda: session.recorded_s >= 5, 15, "the burst to be written")
+        # FFmpeg < 7 reports nothing while its read blocks: the session measures the part itself.
+        await wait_for(lambda: session.recorded_s >= source_head_s - CUT_TOLERANCE_S, 15,
+                       "the burst to be written")
         await wait_for(lambda: (session.idle_s or 0) > 2.5, 10, "the input to be seen stalled")
         assert session.pid is not None             # still running: neither timeout has fired
         t0 = time.monotonic()
@@ -145,14 +158,14 @@ async def test_stop_while_the_input_is_stalled_is_bounded_and_keeps_a_valid_part
     final = await session.finalize()
     assert final.ok, final
     await _assert_playable(final.file, ffbin, result.recorded_s)
-    # An abort can drop the muxer's unflushed tail (< 1 s); everything before it is kept and playable.
-    assert 4.5 <= final.duration_s <= 6.5, (final, result)
+    # An abort can drop the muxer's unflushed tail (< 1 GOP); everything before it is kept and playable.
+    assert source_head_s - CUT_TOLERANCE_S <= final.duration_s <= source_head_s + FRAME_S, (final, result)
 
 
 async def test_stall_is_detected_reconnects_into_a_new_part_then_fails(
-        source_head: bytes, tmp_path: Path, ffbin: FFmpegBinaries) -> None:
+        source_head: bytes, source_head_s: float, tmp_path: Path, ffbin: FFmpegBinaries) -> None:
     config = RecorderConfig(root=tmp_path / "rec", min_free_bytes=2**20, progress_period_s=0.25,
-                            reconnect_backoff_s=(0.2,))
+                            reconnect_backoff_s=(0.2,), ffmpeg=choice(ffbin))
     states: list[SessionState] = []
     with stalling_server(source_head) as port:             # ≈ 6 s per connection, then silence
         spec = RecordingSpec(recording_id="rec-stall-detect", lesson_id="l-stall",
@@ -166,8 +179,8 @@ async def test_stall_is_detected_reconnects_into_a_new_part_then_fails(
     assert SessionState.RECONNECTING in states
     final = await session.finalize()         # what was recorded is still usable
     assert final.ok and final.parts == ("part-000.ts", "part-001.ts"), final
-    assert final.duration_s == pytest.approx(final.parts_duration_s, abs=1)
-    assert final.duration_s >= 8
+    assert final.duration_s == pytest.approx(final.parts_duration_s, abs=CUT_TOLERANCE_S)
+    assert final.duration_s >= 2 * (source_head_s - CUT_TOLERANCE_S)     # each connection's burst
 
 
 async def test_input_timeout_from_ffmpeg_itself(source_head: bytes, rec_config: RecorderConfig) -> None:
@@ -216,7 +229,7 @@ async def test_finalize_all_stops_and_finalizes_every_session(source_ts: Path, r
     for session in sessions:
         final = results[session.spec.recording_id]
         assert session.result and session.result.reason is EndReason.SHUTDOWN and session.result.ok
-        assert final.ok and final.duration_s == pytest.approx(session.result.recorded_s, abs=1), final
+        assert final.ok and final.duration_s == pytest.approx(session.result.recorded_s, abs=CUT_TOLERANCE_S), final
         await _assert_playable(final.file, ffbin, final.duration_s, tolerance=0.1)
     assert active_sessions() == []
     assert other.try_acquire()
