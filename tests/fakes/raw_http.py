@@ -11,7 +11,8 @@ from contextlib import asynccontextmanager
 
 class RawHttpServer:
     def __init__(self, answer: bytes) -> None:
-        self.answer = answer                      # the whole response, sent for every request
+        self.answer = answer                      # the whole response, sent for every request...
+        self.answers: list[bytes] = []            # ...except these, one each, to the first requests in turn
         self.connections = 0
         self.open = 0
         self.requests: list[dict[str, str]] = []
@@ -27,9 +28,10 @@ class RawHttpServer:
                           for name, _, value in (line.partition(":") for line in head[1:] if line)}
                 await reader.readexactly(int(fields.get("content-length", 0)))
                 self.requests.append(fields)
+                answer = self.answers.pop(0) if self.answers else self.answer
                 if head[0].split(" ")[1].startswith("/slow"):
                     await asyncio.wait_for(self.release.wait(), timeout=10)
-                writer.write(self.answer)
+                writer.write(answer)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
             pass
