@@ -77,15 +77,27 @@ def _is_file(url: str) -> bool:
     return urlparse(url).scheme in ("", "file")
 
 
+# A reclaimer marks the lease it hands back with this prefix, for one lease period: other reclaimers
+# leave the job alone meanwhile, and the re-run, wherever arq starts it, takes the lease over.
+RECLAIMED = "reclaimed-by:"
+RECLAIM_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return redis.call('DEL', KEYS[2])
+"""
+_reclaim = AsyncScript(None, RECLAIM_SCRIPT.encode())  # type: ignore[arg-type]
+
 # Renews the lease for its holder only (or takes one that lapsed) and records progress, in one call.
 # Returns [the other holder's name or false, whether the stop flag is set].
-RENEW_LEASE_SCRIPT = """
+RENEW_LEASE_SCRIPT = f"""
 local holder = redis.call('GET', KEYS[1])
 local stop = redis.call('EXISTS', KEYS[3])
-if holder and holder ~= ARGV[1] then return {holder, stop} end
+if holder and holder ~= ARGV[1] and string.sub(holder, 1, {len(RECLAIMED)}) ~= '{RECLAIMED}' then
+  return {{holder, stop}}
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('HSET', KEYS[2], unpack(ARGV, 3))
-return {false, stop}
+return {{false, stop}}
 """
 _renew_lease = AsyncScript(None, RENEW_LEASE_SCRIPT.encode())  # type: ignore[arg-type]
 LEASE_LOST = "lease_lost"
@@ -146,11 +158,11 @@ async def recording_start(job: Job) -> None:
             and await rt.redis.exists(recording_lease_key(active))):
         raise ProviderError("recording_active", f"lesson is already recording ({active})", retryable=False)
 
-    holder = await rt.redis.get(recording_lease_key(recording_id))
-    if holder and holder.decode() != OWNER:
+    lease = await _refresh(job, recording_id, None, "starting")     # the lease first, FFmpeg second
+    if lease.holder:
         # arq ran this job again (its in-progress mark lapsed) while the recorder holding the lease
         # still supervises the recording: one FFmpeg per recording.
-        log.warning("recording.held_elsewhere", recording_id=recording_id, holder=holder.decode())
+        log.warning("recording.held_elsewhere", recording_id=recording_id, holder=lease.holder)
         return
 
     source_url = data.get("source_url")
@@ -248,7 +260,7 @@ async def reclaim_orphans(redis: Any, settings: Any) -> list[str]:
     gets that long to renew before its lease counts as abandoned.
     """
     period = lease_s(settings)
-    if LINK.reachable_for() < period or int((await redis.info("server"))["uptime_in_seconds"]) < period:
+    if not await may_reclaim(redis, period):
         return []
     reclaimed = []
     for raw_id in await redis.zrange(ACTIVE_RECORDINGS, 0, -1):
@@ -256,10 +268,16 @@ async def reclaim_orphans(redis: Any, settings: Any) -> list[str]:
         if await redis.exists(recording_lease_key(recording_id)):
             continue
         job_id = await redis.hget(recording_key(recording_id), "job_id")
-        if job_id and await redis.delete(in_progress_key_prefix + job_id.decode()):
+        if job_id and await _reclaim(keys=[recording_lease_key(recording_id), in_progress_key_prefix + job_id.decode()],
+                                     args=[RECLAIMED + OWNER, int(period * 1000)], client=redis):
             reclaimed.append(recording_id)
             log.warning("recording.reclaimed", recording_id=recording_id)
     return reclaimed
+
+
+async def may_reclaim(redis: Any, period: float) -> bool:
+    """Whether this process and Redis have both been up a whole lease period (see reclaim_orphans)."""
+    return LINK.reachable_for() >= period and int((await redis.info("server"))["uptime_in_seconds"]) >= period
 
 
 async def reclaim_loop(redis: Any, settings: Any) -> None:

@@ -16,17 +16,17 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis.asyncio as aioredis
 from arq.constants import in_progress_key_prefix
 
 from bridge.config import load_settings
 from bridge.embedded import EmbeddedRedis
-from bridge.recorder import reclaim_orphans
+from bridge.recorder import may_reclaim, reclaim_orphans
+from bridge.recording.ffmpeg import FFmpegBinaries
 from bridge.store import ACTIVE_RECORDINGS, recording_key, recording_lease_key
 from tests.conftest import default_config, wait_until
+from tests.recording.conftest import ffmpeg_pids
 from tests.recording.test_recorder_job import (  # noqa: F401 - long_source is a fixture
-    ffmpeg_pids,
     long_source,
     recorded,
     recorded_at_least,
@@ -42,7 +42,10 @@ async def test_a_lapsed_lease_is_reclaimed_by_exactly_one_of_many_recorders(redi
                                                                             tmp_path) -> None:
     """reclaim_orphans as every recorder runs it, against a real Redis: a held lease keeps the job;
     once the lease key is gone, of five recorders reclaiming at once exactly one hands the job back."""
-    settings = load_settings({"BRIDGE_CONFIG": str(default_config(tmp_path)), "REDIS_URL": redis_server.url})
+    config = default_config(tmp_path, extra=f"[recording]\nlease_s = {LEASE_S}")
+    settings = load_settings({"BRIDGE_CONFIG": str(config), "REDIS_URL": redis_server.url})
+    # A reclaimer acts only once it and Redis have been up a whole lease period.
+    await wait_until(lambda: may_reclaim(redis, LEASE_S), timeout=LEASE_S + 5)
     recording_id = "rec_lease_test"
     await redis.zadd(ACTIVE_RECORDINGS, {recording_id: time.time()})
     await redis.hset(recording_key(recording_id), mapping={"job_id": JOB_ID, "status": "recording"})
@@ -59,6 +62,11 @@ async def test_a_lapsed_lease_is_reclaimed_by_exactly_one_of_many_recorders(redi
     assert sorted(results) == [[], [], [], [], [recording_id]]
     assert not await redis.exists(in_progress_key_prefix + JOB_ID)        # arq may run the job again
     assert await reclaim_orphans(redis, settings) == []                  # and nobody reclaims it twice
+    # arq has started the re-run (its in-progress mark is back) and the run has not taken the lease
+    # yet: the reclaimer's mark on the lease keeps every other reclaimer off it for a lease period.
+    await redis.set(in_progress_key_prefix + JOB_ID, "1")
+    assert await reclaim_orphans(redis, settings) == []
+    assert await redis.exists(in_progress_key_prefix + JOB_ID)
 
 
 class FFmpegWatch:
@@ -91,11 +99,11 @@ def reclaims(logs: Callable[[], str]) -> int:
     return logs().count("recording.reclaimed")
 
 
-async def recording_with_two_more_recorders(make_bridge, client, redis, receiver, tmp_path, source: Path
-                                           ) -> tuple[Any, subprocess.Popen[bytes], str, str]:
+async def recording_with_two_more_recorders(make_bridge, client, redis, receiver, tmp_path, source: Path,
+                                           binaries: FFmpegBinaries) -> tuple[Any, subprocess.Popen[bytes], str, str]:
     """A recording under way in one recorder while two others run their reclaim loops."""
     hook, hook_url = receiver
-    bridge = make_bridge(recorder_config(tmp_path, hook_url))
+    bridge = make_bridge(recorder_config(tmp_path, hook_url, binaries))
     bridge.start_worker()
     supervisor = bridge.start_worker("recorder")
     recording_id = await recording_under_way(client, bridge, redis, hook, source, seconds=1)
@@ -106,9 +114,9 @@ async def recording_with_two_more_recorders(make_bridge, client, redis, receiver
 
 
 async def test_a_live_recording_keeps_its_lease_while_progress_goes_on(
-        make_bridge, client, redis, receiver, tmp_path, long_source) -> None:  # noqa: F811 - the fixture
+        make_bridge, client, redis, receiver, tmp_path, long_source, media_bin) -> None:  # noqa: F811 - the fixture
     bridge, _, recording_id, owner = await recording_with_two_more_recorders(
-        make_bridge, client, redis, receiver, tmp_path, long_source)
+        make_bridge, client, redis, receiver, tmp_path, long_source, media_bin)
     async with watching(recording_id) as watch:
         start = float((await recorded(redis, recording_id))["recorded_s"])
         await wait_until(lambda: recorded_at_least(redis, recording_id, start + 2.5 * LEASE_S), timeout=30)
@@ -118,14 +126,10 @@ async def test_a_live_recording_keeps_its_lease_while_progress_goes_on(
     assert reclaims(bridge.logs) == 0 and watch.most == 1 and len(watch.pids) == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 18: reclaim_orphans hands the job back again while its re-run has not yet taken the lease "
-    "(the re-run waits for the recording's lock, up to 2 s): each other recorder's next round reclaims it "
-    "once more and arq starts yet another run. Remove this mark when the takeover is exactly once."))
 async def test_a_lapsed_lease_of_a_live_job_is_taken_over_exactly_once(
-        make_bridge, client, redis, receiver, tmp_path, long_source) -> None:  # noqa: F811 - the fixture
+        make_bridge, client, redis, receiver, tmp_path, long_source, media_bin) -> None:  # noqa: F811 - the fixture
     bridge, supervisor, recording_id, _ = await recording_with_two_more_recorders(
-        make_bridge, client, redis, receiver, tmp_path, long_source)
+        make_bridge, client, redis, receiver, tmp_path, long_source, media_bin)
     try:
         async with watching(recording_id) as watch:
             # The supervisor stops renewing (frozen) while its FFmpeg goes on: the lease key goes away.
