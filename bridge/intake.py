@@ -14,6 +14,7 @@ import orjson
 import structlog
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from starlette.requests import Request
 
@@ -29,6 +30,7 @@ from bridge.webhooks import produced_payloads
 
 log = structlog.get_logger("bridge.intake")
 RETRY_AFTER_S = "5"
+PROBE_WAIT_S = 0.25      # a Redis that is back answers a PING in well under this
 FSYNC_WAIT_MS = 2000      # everysec fsyncs within ~1 s; past 2 s the disk is in trouble: answer 503
 MAX_WAIT_S = 10
 FINAL = ("ok", "failed")
@@ -206,20 +208,33 @@ class DurableAccept:
         self.redis, self.script = redis, script
         # Learnt from the server on the first call; `[redis] confirm_fsync = false` trusts its policy.
         self.waits_for_fsync: bool | None = None if confirm_fsync else False
-        self.probing = asyncio.Lock()
+        self.asking_server = asyncio.Lock()
+        self.redis_failing = False
+        self.probe: asyncio.Future[Any] | None = None
 
     async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        # While Redis is failing, a PING finds out when it is back; a call goes ahead only once it has
+        # answered, and is refused (503) after PROBE_WAIT_S otherwise, instead of waiting out a
+        # connect and a socket timeout of its own with a whole group of requests behind it.
+        if self.redis_failing:
+            if self.probe is None or self.probe.done():
+                self.probe = asyncio.ensure_future(self.redis.ping())
+                self.probe.add_done_callback(lambda probe: probe.cancelled() or probe.exception())  # retrieved
+            try:
+                await asyncio.wait_for(asyncio.shield(self.probe), PROBE_WAIT_S)
+            except TimeoutError:
+                raise RedisConnectionError("Redis did not answer a PING in time; refused") from None
+            self.redis_failing = False
         try:
             if await self._waits_for_fsync():
                 return await self._accept_and_wait(keys, args)
             return await self.script(keys=keys, args=args, client=self.redis)
         except REDIS_AWAY:
-            if self.waits_for_fsync:
-                self.waits_for_fsync = None    # after a failover the server may be another one: ask again
+            self.redis_failing = True
             raise
 
     async def _waits_for_fsync(self) -> bool:
-        async with self.probing:
+        async with self.asking_server:
             if self.waits_for_fsync is None:
                 self.waits_for_fsync = await server_confirms_fsync(self.redis)
             return self.waits_for_fsync
@@ -234,6 +249,9 @@ class DurableAccept:
             except NoScriptError:          # a restarted server forgot the script: load it, send again
                 await self.redis.script_load(self.script.script)
                 continue
+            except ResponseError as exc:   # e.g. a failover landed on a server without WAITAOF: ask again
+                self.waits_for_fsync = None
+                raise NotDurable(f"the server refused to confirm an fsync ({exc})") from exc
             if not fsynced_locally:
                 raise NotDurable(f"the server did not fsync its append-only file within {FSYNC_WAIT_MS} ms")
             return result

@@ -259,9 +259,27 @@ def _pool_options(url: str) -> dict[str, Any]:
     return {**options, **_tls_options(url)}
 
 
+class _ConnectOutsideLockPool(aioredis.ConnectionPool):
+    """redis-py 5's pool connects a new connection while holding its pool-wide lock (redis/redis-py#3842,
+    fixed after the 5.x line arq needs): against a server that accepts and never answers (paused,
+    half-open), every request queued behind one 5-second connect, and web answered its 503s after
+    tens of seconds. As the blocking pool already does, take a connection under the lock and
+    connect it outside."""
+
+    async def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
+        async with self._lock:
+            connection = self.get_available_connection()
+        try:
+            await self.ensure_connection(connection)
+        except BaseException:
+            await self.release(connection)
+            raise
+        return connection
+
+
 def redis_client(url: str, client_name: str = TOOL_CLIENT_NAME) -> aioredis.Redis:
     """A client that fails fast: intake answers 503 rather than hanging when Redis is away."""
-    pool = aioredis.ConnectionPool(socket_connect_timeout=2, socket_timeout=5, retry_on_timeout=False,
+    pool = _ConnectOutsideLockPool(socket_connect_timeout=2, socket_timeout=5, retry_on_timeout=False,
                                    max_connections=200, client_name=client_name, **_pool_options(url))
     return aioredis.Redis.from_pool(pool)
 POOL_WAIT_S = 20

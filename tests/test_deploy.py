@@ -7,6 +7,7 @@ import re
 import tomllib
 
 import pytest
+from redis.asyncio.connection import SSLConnection
 
 from bridge.config import ConfigError, load_settings
 from bridge.store import redis_client, worker_redis
@@ -49,7 +50,8 @@ def test_rediss_url_with_self_signed_certificate_settings() -> None:
     assert client.connection_pool.connection_kwargs["password"] == "secret"
     worker = worker_redis(settings.redis_url, 5, "q").connection_pool
     kwargs = worker.connection_kwargs
-    assert worker.connection_class.__name__ == "SSLConnection" and kwargs["ssl_cert_reqs"] == "none"
+    assert issubclass(worker.connection_class, SSLConnection) and kwargs["ssl_cert_reqs"] == "none"
+    assert issubclass(client.connection_pool.connection_class, SSLConnection)
     assert (kwargs["host"], kwargs["port"], kwargs["password"]) == ("redis.example", 6380, "secret")
     # Verification stays on unless asked for, and the knob never touches plain redis:// URLs.
     verified = load_settings({"REDIS_URL": "rediss://redis.example:6380"}).redis_url

@@ -7,6 +7,7 @@ and turns provider errors into either an arq retry or an `event.failed` webhook.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -46,17 +47,24 @@ async def _record(rt: Runtime, ref: str, function: str, outcome: dict[str, Any])
 JobFunction = Callable[..., Awaitable[str]]
 
 
-def rides_out_redis(run: JobFunction) -> JobFunction:
+def rides_out_redis(run: JobFunction, budget_s: float) -> JobFunction:
     """Redis away mid-job is no failure of the event: wait until it answers, then hand the job back to
-    arq to run again from the start (jobs are safe to repeat). arq's job timeout bounds the wait; past
-    it, the job stays marked in progress and runs again when that mark lapses."""
+    arq to run again from the start (jobs are safe to repeat).
+
+    The wait ends inside `budget_s` (the job's deadline, under arq's job timeout): arq fails a job
+    that overruns its timeout and drops it, without a retry. If Redis is still away then, arq cannot
+    file the retry either; the job stays marked in progress and runs again when that mark lapses.
+    """
 
     async def wrapped(ctx: dict[str, Any], *args: Any) -> str:
+        started = time.monotonic()
         try:
             return await run(ctx, *args)
         except REDIS_AWAY as exc:
             LINK.failed(exc)
-            await LINK.wait_until_back(ctx["bridge"].redis)
+            left = budget_s - (time.monotonic() - started) - 0.5
+            with contextlib.suppress(*REDIS_AWAY):
+                await LINK.wait_until_back(ctx["bridge"].redis, max(0.0, left))
             log.warning("job.rerun_after_redis_outage", job=run.__name__)
             raise Retry(defer=0) from None
 
@@ -125,10 +133,9 @@ def event_job(function: str, deadline_s: float,
         return outcome["status"]
 
     run.__qualname__ = run.__name__ = function
-    return rides_out_redis(run)
+    return rides_out_redis(run, deadline_s)
 
 
-@rides_out_redis
 async def deliver_webhook(ctx: dict[str, Any], webhook_id: str, attempt: int, waits: int = 0) -> str:
     rt: Runtime = ctx["bridge"]
     structlog.contextvars.clear_contextvars()

@@ -18,7 +18,7 @@ from bridge.recorder import reclaim_loop, recorder_config
 from bridge.replay import trim_job
 from bridge.routing import JOBS_BY_TYPE
 from bridge.store import RECORDER_QUEUE, WORKER_QUEUE, deserialize_arq, serialize_arq, worker_redis
-from workers.jobs import MAX_TRIES, deliver_webhook, event_job
+from workers.jobs import MAX_TRIES, deliver_webhook, event_job, rides_out_redis
 
 RECORDER_GRACE_S = 300      # joining parts and probing after the longest recording
 DRAIN_S = 20                 # on SIGTERM, in-flight jobs get this long; platforms kill at 30 s
@@ -29,13 +29,18 @@ PROVIDER_DEADLINE_S = 20     # a whole provider exchange; a hanging provider API
 RECORDER_TRIES = 100         # a recording is handed back at every recorder restart (deploys, scaling)
 
 
+def job_deadline_s(settings: Settings) -> float:
+    """A short job's own deadline, inside arq's job timeout (arq drops a job that overruns it)."""
+    return max(1.0, settings.job_timeout_s - 1)
+
+
 def _functions(settings: Settings, queue: str) -> list[Function]:
     names = sorted({function for steps in JOBS_BY_TYPE.values() for q, function in steps if q == queue})
     if queue == RECORDER_QUEUE:
         timeout = settings.recording_max_duration_s + RECORDER_GRACE_S
         return [func(event_job(name, timeout - 5, RECORDER_TRIES), name=name, timeout=timeout,
                      max_tries=RECORDER_TRIES + 1) for name in names]
-    deadline = max(1.0, settings.job_timeout_s - 1)
+    deadline = job_deadline_s(settings)
     return [func(event_job(name, deadline, MAX_TRIES), name=name, max_tries=MAX_TRIES + 1) for name in names]
 
 
@@ -64,7 +69,8 @@ def worker_settings(settings: Settings, queue: str = WORKER_QUEUE) -> dict[str, 
 
     functions = _functions(settings, queue)
     if queue == WORKER_QUEUE:
-        functions.append(func(deliver_webhook, name="deliver_webhook", max_tries=3))
+        functions.append(func(rides_out_redis(deliver_webhook, job_deadline_s(settings)), name="deliver_webhook",
+                              max_tries=3))
     return {
         "functions": functions,
         "queue_name": queue,

@@ -149,7 +149,7 @@ def timed_receiver() -> Iterator[tuple[TimedReceiver, str]]:
 def fault_bridge(tmp_path: Path, redis_url: str, hook_url: str, extra: str = "") -> Bridge:
     """`bridge serve` + workers as real processes; short job timeouts so a job whose in-progress mark
     outlived an outage runs again within seconds."""
-    config = default_config(tmp_path, hook_url, "job_timeout_s = 10\njob_retry_base_s = 0.2\n" + extra)
+    config = default_config(tmp_path, hook_url, "job_timeout_s = 5\njob_retry_base_s = 0.2\n" + extra)
     return Bridge("", config, redis_url, tmp_path)
 
 

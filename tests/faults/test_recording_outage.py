@@ -1,7 +1,7 @@
 """A recording goes on through a Redis outage longer than its lease, and is never started twice.
 
 Two recorder processes run; one supervises a real FFmpeg recording a source in real time. Redis is
-stopped (its lease lapses meanwhile: the restarted server has expired it) or paused for 8 s, four
+stopped (its lease lapses meanwhile: the restarted server has expired it) or paused for 6 s, three
 times the 2 s lease. The same FFmpeg keeps recording throughout, the other recorder does not take
 the recording over once Redis is back (it waits a whole lease period of a working Redis, which the
 holder uses to renew), and the finished recording is one part covering the outage.
@@ -26,7 +26,7 @@ from tests.recording.conftest import ffmpeg_pids
 
 pytestmark = pytest.mark.faults
 LEASE_S = 2
-OUTAGE_S = 8.0
+OUTAGE_S = 6.0
 
 
 @pytest.fixture(scope="module")

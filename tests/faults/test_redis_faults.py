@@ -29,8 +29,8 @@ from tests.faults.conftest import (
 from tests.faults.proxy import CuttingProxy, cutting_proxy
 
 pytestmark = pytest.mark.faults
-OUTAGE_S = 6.0
-PAUSE_S = 8.0        # longer than every socket timeout of the bridge (5 s)
+OUTAGE_S = 4.0
+PAUSE_S = 6.5        # longer than every socket timeout of the bridge (5 s)
 
 
 def _stop_start(redis: FaultRedis, proxy: CuttingProxy) -> Callable[[], None]:
@@ -56,8 +56,8 @@ def _network_cut(redis: FaultRedis, proxy: CuttingProxy) -> Callable[[], None]:
 FAULTS = {
     "redis stop + start": (_stop_start, OUTAGE_S),
     "redis kill -9 + start": (_kill_start, OUTAGE_S),
-    "redis SIGSTOP 8 s": (_pause, PAUSE_S),
-    "proxy resets every connection, refuses for 6 s": (_network_cut, OUTAGE_S),
+    "redis SIGSTOP 6.5 s": (_pause, PAUSE_S),
+    "proxy resets every connection, refuses for 4 s": (_network_cut, OUTAGE_S),
 }
 
 
@@ -77,7 +77,7 @@ async def test_redis_fault_under_load(fault: str, fault_redis: FaultRedis, timed
             finally:
                 await direct.aclose()
 
-            await load.run_for(2.0)
+            await load.run_for(1.5)
             normal_ms = median_ms(latency_ms(hook, load, sorted(load.acknowledged)))
             end_fault = inject(fault_redis, proxy)
             await load.run_for(outage_s)
