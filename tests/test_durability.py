@@ -84,6 +84,23 @@ async def test_one_waitaof_per_group_commit(everysec_server: EmbeddedRedis, tmp_
     assert groups < 100
 
 
+async def test_a_server_that_fsyncs_every_write_needs_no_waitaof(tmp_path: Path) -> None:
+    """appendfsync always: each reply already follows an fsync, so no group pays for a WAITAOF."""
+    server = EmbeddedRedis(tmp_path / "always").start()
+    client = aioredis.from_url(server.url)
+    settings = load_settings({"BRIDGE_CONFIG": str(default_config(tmp_path)), "REDIS_URL": server.url})
+    try:
+        assert await client.config_get("appendfsync") == {"appendfsync": "always"}
+        with serve(create_app(settings), lifespan=True) as base:
+            await client.config_resetstat()
+            assert len(await burst(f"{base}/v1/events/default", 100)) == 100
+            stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+        server.stop()
+    assert "cmdstat_waitaof" not in stats and stats["cmdstat_evalsha"]["calls"] < 100
+
+
 async def test_confirm_fsync_off_trusts_the_server_policy(everysec_server: EmbeddedRedis, tmp_path: Path) -> None:
     client = aioredis.from_url(everysec_server.url)
     settings = load_settings({"BRIDGE_CONFIG": str(default_config(tmp_path)), "REDIS_URL": everysec_server.url,
