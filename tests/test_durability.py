@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -66,16 +67,23 @@ def everysec_server(tmp_path: Path):
     server.stop()
 
 
-async def test_one_waitaof_per_group_commit(everysec_server: EmbeddedRedis, tmp_path: Path) -> None:
-    client = aioredis.from_url(everysec_server.url)
-    settings = load_settings({"BRIDGE_CONFIG": str(default_config(tmp_path)), "REDIS_URL": everysec_server.url})
+async def accept_burst(redis_url: str, tmp_path: Path, count: int,
+                       env: dict[str, str] | None = None) -> tuple[set[str], dict[str, Any]]:
+    """The bridge (in-process, real HTTP) takes `count` events at once: the ids answered 202, and the
+    server's INFO commandstats for just that burst."""
+    client = aioredis.from_url(redis_url)
+    settings = load_settings({"BRIDGE_CONFIG": str(default_config(tmp_path)), "REDIS_URL": redis_url, **(env or {})})
     try:
         with serve(create_app(settings), lifespan=True) as base:
             await client.config_resetstat()
-            accepted = await burst(f"{base}/v1/events/default", 200)
-            stats = await client.info("commandstats")
+            accepted = await burst(f"{base}/v1/events/default", count)
+            return accepted, await client.info("commandstats")
     finally:
         await client.aclose()
+
+
+async def test_one_waitaof_per_group_commit(everysec_server: EmbeddedRedis, tmp_path: Path) -> None:
+    accepted, stats = await accept_burst(everysec_server.url, tmp_path, 200)
     assert len(accepted) == 200
     groups = stats["cmdstat_evalsha"]["calls"]
     # The accept script and WAITAOF travel together: as many fsync waits as group commits, and far
@@ -87,31 +95,17 @@ async def test_one_waitaof_per_group_commit(everysec_server: EmbeddedRedis, tmp_
 async def test_a_server_that_fsyncs_every_write_needs_no_waitaof(tmp_path: Path) -> None:
     """appendfsync always: each reply already follows an fsync, so no group pays for a WAITAOF."""
     server = EmbeddedRedis(tmp_path / "always").start()
-    client = aioredis.from_url(server.url)
-    settings = load_settings({"BRIDGE_CONFIG": str(default_config(tmp_path)), "REDIS_URL": server.url})
     try:
-        assert await client.config_get("appendfsync") == {"appendfsync": "always"}
-        with serve(create_app(settings), lifespan=True) as base:
-            await client.config_resetstat()
-            assert len(await burst(f"{base}/v1/events/default", 100)) == 100
-            stats = await client.info("commandstats")
+        accepted, stats = await accept_burst(server.url, tmp_path, 100)
     finally:
-        await client.aclose()
         server.stop()
+    assert len(accepted) == 100
     assert "cmdstat_waitaof" not in stats and stats["cmdstat_evalsha"]["calls"] < 100
 
 
 async def test_confirm_fsync_off_trusts_the_server_policy(everysec_server: EmbeddedRedis, tmp_path: Path) -> None:
-    client = aioredis.from_url(everysec_server.url)
-    settings = load_settings({"BRIDGE_CONFIG": str(default_config(tmp_path)), "REDIS_URL": everysec_server.url,
-                              "REDIS_CONFIRM_FSYNC": "false"})
-    try:
-        with serve(create_app(settings), lifespan=True) as base:
-            await client.config_resetstat()
-            assert len(await burst(f"{base}/v1/events/default", 50)) == 50
-            stats = await client.info("commandstats")
-    finally:
-        await client.aclose()
+    accepted, stats = await accept_burst(everysec_server.url, tmp_path, 50, {"REDIS_CONFIRM_FSYNC": "false"})
+    assert len(accepted) == 50
     assert "cmdstat_waitaof" not in stats
 
 
