@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,22 @@ def measure(name: str, url: str, args: argparse.Namespace) -> dict:
     return {"name": name, "closed": closed, "paced": paced}
 
 
+def fsync_latency_ms(directory: Path, count: int = 200) -> tuple[float, float]:
+    """p50 and p99 of append + fsync on this disk: what `always` pays per event-loop turn of the server."""
+    path = directory / "fsync-probe"
+    samples = []
+    with open(path, "ab") as handle:
+        for _ in range(count):
+            started = time.perf_counter()
+            handle.write(b"x" * 200)
+            handle.flush()
+            os.fsync(handle.fileno())
+            samples.append((time.perf_counter() - started) * 1000)
+    path.unlink()
+    samples.sort()
+    return samples[len(samples) // 2], samples[min(len(samples) - 1, int(0.99 * len(samples)))]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=8)
@@ -139,6 +156,7 @@ def main() -> None:
             server.wait(timeout=30)
 
     pairs: list[float] = []
+    fsync_p50, fsync_p99 = fsync_latency_ms(work)
     try:
         results = [run(*spec) for spec in runs]
         pairs.append(results[2]["closed"]["per_s"] / results[3]["closed"]["per_s"])
@@ -162,6 +180,8 @@ def main() -> None:
     ratio = bridge_result["closed"]["per_s"] / baseline["closed"]["per_s"]
     print(f"\naccept call only / bare = {accept_only_result['closed']['per_s'] / baseline['closed']['per_s']:.2f}"
           " (the durable write's own cost)")
+    print(f"append + fsync on this disk, alone: p50 {fsync_p50:.2f} ms, p99 {fsync_p99:.2f} ms "
+          "(what `always` adds to every reply: the floor under the durable run)")
     print(f"durable / everysec = {statistics.median(pairs):.2f}, median of {len(pairs)} pairs "
           f"({', '.join(f'{r:.2f}' for r in pairs)}; target >= 0.9): what a 2xx that survives a power loss costs")
     print(f"ratio bridge / bare = {ratio:.2f}  (target >= 0.6); "

@@ -20,14 +20,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ingest import load, start  # noqa: E402  (bench/ingest.py: same load generator, same server start)
+from ingest import fsync_latency_ms, load, start  # noqa: E402  (bench/ingest.py: same load generator, same server start)
 
 from bridge.embedded import EmbeddedRedis  # noqa: E402
 from bridge.processes import free_port  # noqa: E402
@@ -41,22 +40,6 @@ def filesystem(path: Path) -> str:
         return out.splitlines()[1].split()[1]
     except (OSError, IndexError, subprocess.SubprocessError):
         return "unknown"
-
-
-def fsync_latency_ms(directory: Path, count: int = 200) -> tuple[float, float]:
-    """p50 and p99 of append + fsync on this disk: what `always` pays per event-loop turn of the server."""
-    path = directory / "fsync-probe"
-    samples = []
-    with open(path, "ab") as handle:
-        for _ in range(count):
-            started = time.perf_counter()
-            handle.write(b"x" * 200)
-            handle.flush()
-            os.fsync(handle.fileno())
-            samples.append((time.perf_counter() - started) * 1000)
-    path.unlink()
-    samples.sort()
-    return samples[len(samples) // 2], samples[min(len(samples) - 1, int(0.99 * len(samples)))]
 
 
 def run_mode(mode: str, work: Path, args: argparse.Namespace) -> dict:
