@@ -61,7 +61,8 @@ state = {}
 @contextlib.asynccontextmanager
 async def lifespan(app):
     client = redis_client(os.environ["REDIS_URL"])
-    state["batcher"] = AcceptBatcher(DurableAccept(client, client.register_script(ACCEPT_SCRIPT)), 7 * 86400 * 1000)
+    accept = DurableAccept(client, client.register_script(ACCEPT_SCRIPT), os.environ.get("REDIS_CONFIRM_FSYNC") != "0")
+    state["batcher"] = AcceptBatcher(accept, 7 * 86400 * 1000)
     tune_gc_for_service()                      # as the bridge's web process does
     yield
 
@@ -155,14 +156,25 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=30)
 
+    # The floor under the durable ratio: the accept call alone (no bridge work) on the same two servers.
+    everysec_env = {"REDIS_URL": everysec.url, "REDIS_CONFIRM_FSYNC": "0"}
+    accept_only_everysec = ("accept call only, appendfsync everysec", [*uvicorn, "accept_only_app:app"],
+                            everysec_env)
+
+    def ratio_of(durable: tuple[str, list[str], dict[str, str]], before: tuple[str, list[str], dict[str, str]]
+                 ) -> float:
+        return run(*durable)["closed"]["per_s"] / run(*before)["closed"]["per_s"]
+
     pairs: list[float] = []
+    floors: list[float] = []
     fsync_p50, fsync_p99 = fsync_latency_ms(work)
     try:
         results = [run(*spec) for spec in runs]
         pairs.append(results[2]["closed"]["per_s"] / results[3]["closed"]["per_s"])
-        for _ in range(args.rounds - 1):
-            durable_run, everysec_run = run(*runs[2]), run(*runs[3])
-            pairs.append(durable_run["closed"]["per_s"] / everysec_run["closed"]["per_s"])
+        for round_number in range(args.rounds):
+            if round_number:
+                pairs.append(ratio_of(runs[2], runs[3]))
+            floors.append(ratio_of(runs[1], accept_only_everysec))
     finally:
         redis.stop()
         everysec.stop()
@@ -184,6 +196,8 @@ def main() -> None:
           "(what `always` adds to every reply: the floor under the durable run)")
     print(f"durable / everysec = {statistics.median(pairs):.2f}, median of {len(pairs)} pairs "
           f"({', '.join(f'{r:.2f}' for r in pairs)}; target >= 0.9): what a 2xx that survives a power loss costs")
+    print(f"floor: the accept call alone, always / everysec = {statistics.median(floors):.2f}, median of "
+          f"{len(floors)} pairs ({', '.join(f'{r:.2f}' for r in floors)}): the server's fsync, no bridge work")
     print(f"ratio bridge / bare = {ratio:.2f}  (target >= 0.6); "
           f"bridge p99 at {args.rate:.0f}/s = {bridge_result['paced']['p99_ms']:.2f} ms (target <= 10 ms)")
 

@@ -8,7 +8,9 @@ every reply (`appendfsync always`): a 2xx of the bridge survives a power cut of 
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -46,7 +48,7 @@ class EmbeddedRedis:
         ]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
-        if not wait_for_port(self.port, timeout_s):
+        if not wait_for_port(self.port, timeout_s) or not _answers_ping(self.port, timeout_s):
             self.stop()
             raise RuntimeError(f"embedded Redis did not start on port {self.port}; see {self.data_dir}/redis.log")
         return self
@@ -61,3 +63,18 @@ class EmbeddedRedis:
             self.process.kill()
             self.process.wait(timeout=timeout_s)
         self.process = None
+
+
+def _answers_ping(port: int, timeout_s: float) -> bool:
+    """Listening is not ready: while it loads its append-only file the server answers -LOADING."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(64).startswith(b"+PONG"):
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return False
