@@ -286,9 +286,6 @@ POOL_WAIT_S = 20
 # A server that accepts and never answers (paused, half-open after a failover) must fail a command,
 # not hang the worker; no command of ours legitimately takes seconds.
 WORKER_SOCKET_TIMEOUT_S = 5
-# A connection idle this long is PINGed before use, so one left dead by a Redis restart is replaced
-# quietly instead of failing the job's next command.
-HEALTH_PING_S = 2
 
 
 def worker_redis(url: str, max_connections: int, queue: str) -> ArqRedis:
@@ -299,6 +296,6 @@ def worker_redis(url: str, max_connections: int, queue: str) -> ArqRedis:
     """
     pool = aioredis.BlockingConnectionPool(
         max_connections=max_connections, timeout=POOL_WAIT_S, socket_connect_timeout=5,
-        socket_timeout=WORKER_SOCKET_TIMEOUT_S, health_check_interval=HEALTH_PING_S,
+        socket_timeout=WORKER_SOCKET_TIMEOUT_S,
         client_name=WORKER_CLIENT_NAME, **_pool_options(url))
     return ArqRedis(pool, job_serializer=serialize_arq, job_deserializer=deserialize_arq, default_queue_name=queue)

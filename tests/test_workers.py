@@ -55,7 +55,7 @@ async def test_sigkilled_worker_jobs_all_complete_on_a_new_worker(make_bridge, c
     first.wait(timeout=10)
     assert len(hook.of_type("join.ready")) < 20        # killed with work still in flight
     bridge.start_worker()
-    # arq hands a killed worker's jobs out again when their in-progress marker expires (job timeout + 10 s).
+    # arq hands a killed worker's jobs out again when their in-progress marker expires (2 x job timeout + 10 s).
     await wait_until(lambda: len({d["data"]["event_id"] for d in hook.of_type("join.ready")}) == 20, timeout=60)
     for n in range(20):
         run = json.loads(await redis.hget(job_runs_key(f"default:evt_{n}"), "user_joined"))

@@ -63,8 +63,9 @@ def rides_out_redis(run: JobFunction, budget_s: float) -> JobFunction:
         except REDIS_AWAY as exc:
             LINK.failed(exc)
             left = budget_s - (time.monotonic() - started) - 0.5
-            with contextlib.suppress(*REDIS_AWAY):
-                await LINK.wait_until_back(ctx["bridge"].redis, max(0.0, left))
+            if left > 0:
+                with contextlib.suppress(*REDIS_AWAY):
+                    await LINK.wait_until_back(ctx["bridge"].redis, left)
             log.warning("job.rerun_after_redis_outage", job=run.__name__)
             raise Retry(defer=0) from None
 

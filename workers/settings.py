@@ -29,8 +29,15 @@ PROVIDER_DEADLINE_S = 20     # a whole provider exchange; a hanging provider API
 RECORDER_TRIES = 100         # a recording is handed back at every recorder restart (deploys, scaling)
 
 
+# arq fails a job that overruns its timeout and drops it, with no retry. So arq's timeout for short
+# jobs leaves room past the job's own deadline for one Redis call against a server that accepts and
+# never answers: up to 20 s waiting for a pooled connection (POOL_WAIT_S), a 5 s connect and a 5 s
+# socket timeout; then the job hands itself back (rides_out_redis).
+REDIS_STALL_GRACE_S = 35
+
+
 def job_deadline_s(settings: Settings) -> float:
-    """A short job's own deadline, inside arq's job timeout (arq drops a job that overruns it)."""
+    """A short job's own deadline, well inside arq's job timeout."""
     return max(1.0, settings.job_timeout_s - 1)
 
 
@@ -79,7 +86,8 @@ def worker_settings(settings: Settings, queue: str = WORKER_QUEUE) -> dict[str, 
         "on_startup": startup,
         "on_shutdown": shutdown,
         "max_jobs": 60 if recorder else 50,
-        "job_timeout": settings.job_timeout_s,
+        # (short job timeouts, as in tests, get a grace of their own length: a stall that long is rare)
+        "job_timeout": settings.job_timeout_s + min(REDIS_STALL_GRACE_S, settings.job_timeout_s),
         "keep_result": 3600,
         "job_serializer": serialize_arq,
         "job_deserializer": deserialize_arq,
