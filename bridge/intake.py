@@ -235,6 +235,8 @@ class DurableAccept:
             raise
 
     async def _waits_for_fsync(self) -> bool:
+        if self.waits_for_fsync is not None:
+            return self.waits_for_fsync        # known: no lock on the accept path
         async with self.asking_server:
             if self.waits_for_fsync is None:
                 self.waits_for_fsync = await needs_waitaof(self.redis)

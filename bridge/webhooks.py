@@ -278,8 +278,7 @@ async def deliver_outbound(redis: ArqRedis, transport: httpx.AsyncBaseTransport,
     result, answer, seconds = await attempt(transport, settings, source, msg_id, outbound.payload)
     if result.busy:
         delay = min(BUSY_WAIT_CAP_S, 2.0 ** waits) * random.uniform(1 - JITTER, 1 + JITTER)
-        await redis.enqueue_job("deliver_webhook", msg_id, number, waits + 1, _job_id=f"{msg_id}:{number}:w{waits + 1}",
-                                _defer_by=delay, _queue_name=WORKER_QUEUE, _expires=delay + JOB_EXPIRES_MS / 1000)
+        await _schedule(redis, f"{msg_id}:{number}:w{waits + 1}", delay, msg_id, number, waits + 1)
         return "waiting"
     entry = {"at": utc_now_iso(), "attempt": number, "status": result.status, "ms": round(seconds * 1000, 1),
              "error": result.error, "answer": answer}
@@ -305,7 +304,13 @@ async def deliver_outbound(redis: ArqRedis, transport: httpx.AsyncBaseTransport,
     log.info("webhook.attempt", webhook_id=msg_id, event_ref=outbound.ref, attempt=number,
              status=result.status, error=result.error, ms=entry["ms"], outcome=status)
     if status == "failed":
-        # arq's default expiry (the delay + 1 day) would drop a retry queued through a long worker outage.
-        await redis.enqueue_job("deliver_webhook", msg_id, number + 1, _job_id=f"{msg_id}:{number + 1}",
-                                _defer_by=delay, _queue_name=WORKER_QUEUE, _expires=delay + JOB_EXPIRES_MS / 1000)
+        assert delay is not None
+        await _schedule(redis, f"{msg_id}:{number + 1}", delay, msg_id, number + 1)
     return status
+
+
+async def _schedule(redis: ArqRedis, job_id: str, delay: float, msg_id: str, number: int, waits: int = 0) -> None:
+    """A deliver_webhook job `delay` seconds out. arq's default expiry (the delay + 1 day) would drop a
+    delivery queued through a long worker outage."""
+    await redis.enqueue_job("deliver_webhook", msg_id, number, waits, _job_id=job_id, _defer_by=delay,
+                            _queue_name=WORKER_QUEUE, _expires=delay + JOB_EXPIRES_MS / 1000)
