@@ -1,0 +1,139 @@
+"""The attendance ledger: provider participant events → per-person intervals → `attendance.report`.
+
+Providers send joins and leaves out of order and more than once, and a person may be in a room twice
+at the same time (two tabs). The ledger keeps every distinct event it was told (deduplicated by the
+provider's own key) and the report is a pure fold over them, ordered by the provider's timestamps:
+the same set of events gives the same report byte for byte, whatever order they came in.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+Kind = Literal["joined", "left"]
+LEAVE_REASONS = frozenset({"left", "kicked", "disconnected", "unknown"})
+
+
+@dataclass(frozen=True)
+class Presence:
+    """One participant event, in the provider-neutral form the ledger stores."""
+
+    kind: Kind
+    at_ms: int                          # the provider's time of the event, not the time it reached us
+    participant_id: str                 # one connection (a second tab is another participant id)
+    user_id: str | None                 # the LMS user id the bridge put in the token; None when unknown
+    name: str
+    role: str                           # moderator | guest
+    reason: str | None = None           # leaves only: left | kicked | disconnected | unknown
+    joined_at_ms: int | None = None     # leaves only, when the provider says when that connection joined
+    precision: str = "exact"            # exact | poll (derived from polling the room's participants)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Presence:
+        return cls(**json.loads(raw))
+
+    @property
+    def person(self) -> str:
+        """Who this is across connections: the LMS user when known, else the name the provider showed."""
+        return f"user:{self.user_id}" if self.user_id is not None else f"name:{self.name}"
+
+
+def iso_ms(at_ms: int) -> str:
+    """Attendance times keep the provider's millisecond precision (a join and a leave can be ms apart)."""
+    moment = datetime.fromtimestamp(at_ms / 1000, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at_ms % 1000:03d}Z"
+
+
+def _order(event: Presence) -> tuple[int, int, str]:
+    # At the same millisecond a connection's join comes before its leave.
+    return (event.at_ms, 0 if event.kind == "joined" else 1, event.participant_id)
+
+
+def connection_intervals(events: Iterable[Presence], ended_at_ms: int | None) -> list[tuple[Presence, int, int]]:
+    """Pair each connection's joins with its leaves: (the join or lone leave, from ms, to ms).
+
+    A join with no leave closes at `ended_at_ms` (still open when that is None: left out); a leave
+    whose join never arrived counts from the join time the provider gave with it, else from itself.
+    """
+    open_joins: dict[str, Presence] = {}
+    intervals: list[tuple[Presence, int, int]] = []
+    for event in sorted(events, key=_order):
+        if event.kind == "joined":
+            open_joins.setdefault(event.participant_id, event)
+            continue
+        joined = open_joins.pop(event.participant_id, None)
+        if joined is not None:
+            intervals.append((joined, joined.at_ms, event.at_ms))
+        else:
+            start = event.joined_at_ms if event.joined_at_ms is not None else event.at_ms
+            intervals.append((event, min(start, event.at_ms), event.at_ms))
+    if ended_at_ms is not None:
+        for joined in open_joins.values():
+            intervals.append((joined, joined.at_ms, max(joined.at_ms, ended_at_ms)))
+    return intervals
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def report(session_id: str, events: Iterable[Presence], started_at_ms: int | None,
+           ended_at_ms: int | None) -> dict[str, Any]:
+    """The `attendance.report` data for one provider session (without the common webhook fields)."""
+    events = list(events)
+    people: dict[str, dict[str, Any]] = {}
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for first, start, end in connection_intervals(events, ended_at_ms):
+        spans.setdefault(first.person, []).append((start, end))
+    latest: dict[str, Presence] = {}
+    polled: set[str] = set()
+    for event in sorted(events, key=_order):
+        latest[event.person] = event           # the name and role a person had last
+        people.setdefault(event.person, {"user_id": event.user_id})
+        if event.precision == "poll":
+            polled.add(event.person)
+    participants = []
+    for person, who in people.items():
+        merged = _merged(spans.get(person, []))
+        last = latest[person]
+        participants.append({
+            "user_id": who["user_id"],
+            "name": last.name,
+            "role": last.role,
+            "first_joined_at": iso_ms(merged[0][0]) if merged else None,
+            "last_left_at": iso_ms(merged[-1][1]) if merged else None,
+            "total_s": round(sum(end - start for start, end in merged) / 1000, 3),
+            "intervals": [[iso_ms(start), iso_ms(end)] for start, end in merged],
+            "precision": "poll" if person in polled else "exact",
+        })
+    # Sorted by user id; people the provider could not match to an LMS user follow, by name.
+    participants.sort(key=lambda p: (p["user_id"] is None, p["user_id"] or "", p["name"]))
+    times = [e.at_ms for e in events]
+    start_ms = min([*times, started_at_ms] if started_at_ms is not None else times, default=None)
+    return {
+        "session_id": session_id,
+        "started_at": iso_ms(start_ms) if start_ms is not None else None,
+        "ended_at": iso_ms(ended_at_ms) if ended_at_ms is not None else None,
+        "participants": participants,
+    }
+
+
+def leave_duration_s(leave: Presence, events: Iterable[Presence]) -> float:
+    """How long the connection that `leave` ends was in the room, as far as the ledger knows."""
+    for first, start, end in connection_intervals([*events, leave], None):
+        if first.participant_id == leave.participant_id and end == leave.at_ms:
+            return round((end - start) / 1000, 3)
+    return 0.0
