@@ -1,4 +1,4 @@
-"""The admin API under /v1/admin/: the operator's tools (bridge.replay, bridge.operator) over HTTP.
+"""The admin API under /v1/admin/: the operator's tools (bridge.eventlog, bridge.deliveries) over HTTP.
 
 Bearer `BRIDGE_ADMIN_TOKEN`, compared in constant time. With no token configured the API is off:
 every /v1/admin/ path answers 404 exactly like a path that does not exist, whatever the method.
@@ -29,10 +29,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bridge import operator
-from bridge import replay as rp
+from bridge import deliveries
 from bridge.config import Settings
 from bridge.errors import ApiError, error_response
+from bridge.eventlog.entries import LogEvent, parse_entry_id
+from bridge.eventlog.query import Filters, event_details, events_page, find_events, select_from_log
+from bridge.eventlog.replay import enqueue_replays, plan_replay, summarize_replays
 
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 DEFAULT_PAGE = 50
@@ -112,9 +114,9 @@ def _time_value(value: Any, name: str) -> Any:
     raise ApiError(400, "invalid_filter", f"{name} must be a string", details={"parameter": name})
 
 
-def _filters(get: Callable[[str], Any], get_list: Callable[[str], list[str]]) -> rp.Filters:
+def _filters(get: Callable[[str], Any], get_list: Callable[[str], list[str]]) -> Filters:
     try:
-        return rp.Filters.build(since=get("since"), until=get("until"), sources=get_list("source"),
+        return Filters.build(since=get("since"), until=get("until"), sources=get_list("source"),
                                 types=get_list("type"), lessons=get_list("lesson"), ids=get_list("id"),
                                 failed_only=_truthy(get("failed_only"), "failed_only"),
                                 include_replays=_truthy(get("include_replays"), "include_replays"))
@@ -123,9 +125,9 @@ def _filters(get: Callable[[str], Any], get_list: Callable[[str], list[str]]) ->
         raise ApiError(400, "invalid_filter", str(exc), details={"parameter": name}) from None
 
 
-async def _one_event(request: Request, settings: Settings, redis: Redis, source: str | None) -> rp.LogEvent:
+async def _one_event(request: Request, settings: Settings, redis: Redis, source: str | None) -> LogEvent:
     event_id = request.path_params["event_id"]
-    found = await rp.find_events(redis, event_id, source, settings.sources)
+    found = await find_events(redis, event_id, source, settings.sources)
     if not found:
         raise ApiError(404, "event_not_found", f"no event {event_id!r} in the event log",
                        details={"id": event_id, "source": source})
@@ -144,22 +146,22 @@ async def list_events(request: Request, settings: Settings, redis: Redis) -> Res
     cursor = query.get("cursor") or None
     if cursor:
         try:
-            rp.parse_entry_id(cursor)
+            parse_entry_id(cursor)
         except ValueError:
             raise ApiError(400, "invalid_cursor", "cursor must be a next_cursor value from an earlier page",
                            details={"parameter": "cursor"}) from None
     order = query.get("order", "desc")
     if order not in ("asc", "desc"):
         raise ApiError(400, "invalid_parameter", "order must be asc or desc", details={"parameter": "order"})
-    rows, next_cursor = await rp.page(redis, filters, limit=limit, cursor=cursor, newest_first=order == "desc",
-                                      known_sources=settings.sources)
+    rows, next_cursor = await events_page(redis, filters, limit=limit, cursor=cursor, newest_first=order == "desc",
+                                            known_sources=settings.sources)
     events = [{**event.summary(), "status": state.status, "latest_ref": state.ref} for event, state in rows]
     return JSONResponse({"events": events, "next_cursor": next_cursor})
 
 
 async def show_event(request: Request, settings: Settings, redis: Redis) -> Response:
     event = await _one_event(request, settings, redis, request.query_params.get("source"))
-    return JSONResponse(await operator.event_details(redis, event))
+    return JSONResponse(await event_details(redis, event))
 
 
 async def replay_event(request: Request, settings: Settings, redis: Redis) -> Response:
@@ -170,12 +172,12 @@ async def replay_event(request: Request, settings: Settings, redis: Redis) -> Re
     dry_run = _truthy(body.get("dry_run", request.query_params.get("dry_run")), "dry_run")
     reparse = _truthy(body.get("reparse", request.query_params.get("reparse")), "reparse")
     event = await _one_event(request, settings, redis, source)
-    planned = rp.plan_replay(settings, event, reparse)
+    planned = plan_replay(settings, event, reparse)
     if planned.error:
         raise ApiError(422, "cannot_replay", planned.error, details=planned.describe())
     if dry_run:
         return JSONResponse({"dry_run": True, "replay": planned.describe()})
-    await rp.enqueue(redis, settings, [planned])
+    await enqueue_replays(redis, settings, [planned])
     if planned.error:
         raise ApiError(503, "store_unavailable", planned.error, headers={"Retry-After": "5"})
     return JSONResponse({"dry_run": False, "replay": planned.describe()}, status_code=202)
@@ -187,12 +189,12 @@ async def replay_many(request: Request, settings: Settings, redis: Redis) -> Res
                        lambda name: _strings(body.get(name), name))
     limit = _int(body.get("limit"), "limit", DEFAULT_BULK, 1, MAX_BULK)
     dry_run = _truthy(body.get("dry_run"), "dry_run")
-    events = await rp.select_from_log(redis, filters, settings.sources, limit=limit + 1)
+    events = await select_from_log(redis, filters, settings.sources, limit=limit + 1)
     truncated = len(events) > limit
-    planned = [rp.plan_replay(settings, event, _truthy(body.get("reparse"), "reparse")) for event in events[:limit]]
+    planned = [plan_replay(settings, event, _truthy(body.get("reparse"), "reparse")) for event in events[:limit]]
     if not dry_run:
-        await rp.enqueue(redis, settings, planned)
-    summary = rp.summarize_replays(planned, dry_run=dry_run)
+        await enqueue_replays(redis, settings, planned)
+    summary = summarize_replays(planned, dry_run=dry_run)
     return JSONResponse({"summary": summary.as_dict(), "truncated": truncated,
                          "replays": [p.describe() for p in planned]}, status_code=200 if dry_run else 202)
 
@@ -200,26 +202,26 @@ async def replay_many(request: Request, settings: Settings, redis: Redis) -> Res
 async def list_deliveries(request: Request, settings: Settings, redis: Redis) -> Response:
     query = request.query_params
     status = query.get("status", "failed")
-    if status not in operator.DELIVERY_LISTS:
-        raise ApiError(400, "invalid_parameter", f"status must be one of {', '.join(operator.DELIVERY_LISTS)}",
+    if status not in deliveries.DELIVERY_LISTS:
+        raise ApiError(400, "invalid_parameter", f"status must be one of {', '.join(deliveries.DELIVERY_LISTS)}",
                        details={"parameter": "status"})
     limit = _int(query.get("limit"), "limit", DEFAULT_PAGE, 1, MAX_PAGE)
     cursor = _int(query.get("cursor"), "cursor", 0, 0, 2**53)
-    items, next_cursor = await operator.list_deliveries(redis, status, endpoint=query.get("endpoint") or None,
+    items, next_cursor = await deliveries.list_deliveries(redis, status, endpoint=query.get("endpoint") or None,
                                                         limit=limit, cursor=cursor)
     return JSONResponse({"deliveries": items, "next_cursor": str(next_cursor) if next_cursor else None})
 
 
 async def show_delivery(request: Request, settings: Settings, redis: Redis) -> Response:
     msg_id = request.path_params["webhook_id"]
-    info = await operator.delivery(redis, msg_id)
+    info = await deliveries.delivery(redis, msg_id)
     if info is None:
         raise ApiError(404, "delivery_not_found", f"no delivery {msg_id!r}")
     return JSONResponse(info)
 
 
 async def retry_one(request: Request, settings: Settings, redis: Redis) -> Response:
-    result = await operator.retry_delivery(redis, settings, request.path_params["webhook_id"])
+    result = await deliveries.retry_delivery(redis, settings, request.path_params["webhook_id"])
     if not result.ok:
         raise ApiError(RETRY_STATUS.get(result.code or "", 409), result.code or "cannot_retry",
                        result.message or "cannot retry", details={"webhook_id": result.webhook_id})
@@ -236,8 +238,8 @@ async def retry_many(request: Request, settings: Settings, redis: Redis) -> Resp
     if not (ids or endpoint or all_dead):
         raise ApiError(400, "nothing_selected", 'name deliveries: {"ids": [...]}, {"endpoint": "..."} '
                        'or {"all_dead": true}')
-    chosen = await operator.select_for_retry(redis, ids=ids, endpoint=endpoint, all_dead=all_dead)
-    results = [await operator.retry_delivery(redis, settings, msg_id) for msg_id in chosen]
+    chosen = await deliveries.select_for_retry(redis, ids=ids, endpoint=endpoint, all_dead=all_dead)
+    results = [await deliveries.retry_delivery(redis, settings, msg_id) for msg_id in chosen]
     return JSONResponse({"retried": sum(r.ok for r in results), "failed": sum(not r.ok for r in results),
                          "results": [r.as_dict() for r in results]}, status_code=202)
 
@@ -247,7 +249,7 @@ async def enable_endpoint(request: Request, settings: Settings, redis: Redis) ->
     retry = _truthy(body.get("retry", request.query_params.get("retry")), "retry")
     name = request.path_params["name"]
     try:
-        result = await operator.enable_endpoint(redis, settings, name, retry=retry)
+        result = await deliveries.enable_endpoint(redis, settings, name, retry=retry)
     except LookupError as exc:
         raise ApiError(404, "unknown_endpoint", str(exc), details={"known": sorted(settings.sources)}) from None
     return JSONResponse(result)

@@ -1,4 +1,4 @@
-"""The `bridge` command: dev, serve, worker, recorder (and, later, the operator's tools)."""
+"""The `bridge` command: dev, serve, worker, recorder; the operator's tools are in bridge/cli_operator.py."""
 
 from __future__ import annotations
 
@@ -210,11 +210,11 @@ def cmd_dev(args: argparse.Namespace) -> None:
 
 
 def cmd_operator(args: argparse.Namespace) -> None:
-    """replay, export, events show, deliveries, endpoints, trim: see bridge/operator.py."""
-    from bridge import operator
+    """replay, export, events show, deliveries, endpoints, trim: see bridge/cli_operator.py."""
+    from bridge import cli_operator
     settings, embedded = _ensure_redis(_settings())
     try:
-        code = operator.run(args, settings)
+        code = cli_operator.run(args, settings)
     finally:
         if embedded:
             embedded.stop()
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     serve.set_defaults(run=cmd_serve)
     commands.add_parser("worker", help="the worker process (short jobs)").set_defaults(run=cmd_worker)
     commands.add_parser("recorder", help="the recorder process (FFmpeg)").set_defaults(run=cmd_recorder)
-    from bridge.operator import add_commands
+    from bridge.cli_operator import add_commands
     add_commands(commands, cmd_operator)      # replay, export, events, deliveries, endpoints, trim
     args = parser.parse_args(argv)
     args.run(args)

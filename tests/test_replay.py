@@ -14,8 +14,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from bridge import replay as rp
 from bridge.config import load_settings
+from bridge.eventlog.entries import LogEvent, parse_time
+from bridge.eventlog.query import Filters, select_from_log
+from bridge.eventlog.replay import enqueue_replays, plan_replay
+from bridge.eventlog.retention import trim_event_log
 from bridge.routing import event_ref
 from bridge.sources.canonical import iso
 from bridge.store import EVENT_LOG, WORKER_QUEUE, job_runs_key, replays_key, seen_key
@@ -209,7 +212,7 @@ async def test_each_filter_selects_what_it_names(make_bridge, client, redis) -> 
     settings = load_settings(bridge.env())
 
     async def ids(**filters: Any) -> list[str]:
-        events = await rp.select_from_log(redis, rp.Filters.build(**filters), settings.sources)
+        events = await select_from_log(redis, Filters.build(**filters), settings.sources)
         return [e.id for e in events]
 
     everything = await ids()
@@ -227,18 +230,18 @@ async def test_each_filter_selects_what_it_names(make_bridge, client, redis) -> 
     assert await ids(ids=["evt_old"]) == ["evt_old"]          # no dedupe marker: found by scanning the log
     assert await ids(ids=[moodle_id], sources=["default"]) == []
     with pytest.raises(ValueError, match="type"):
-        rp.Filters.build(types=["user.flew"])
+        Filters.build(types=["user.flew"])
     with pytest.raises(ValueError, match="since"):
-        rp.Filters.build(since="yesterday-ish")
+        Filters.build(since="yesterday-ish")
 
     # failed_only looks at the latest run: the original's, until a replay supersedes it.
     assert await ids(failed_only=True) == []
     await redis.hset(job_runs_key("default:evt_a"), "user_joined", json.dumps({"status": "failed", "try": 1}))
     await redis.hset(job_runs_key("default:evt_b"), "lesson_scheduled", json.dumps({"status": "ok", "try": 1}))
     assert await ids(failed_only=True) == ["evt_a"]
-    planned = [rp.plan_replay(settings, e) for e in
-               await rp.select_from_log(redis, rp.Filters.build(failed_only=True), settings.sources)]
-    await rp.enqueue(redis, settings, planned)
+    planned = [plan_replay(settings, e) for e in
+               await select_from_log(redis, Filters.build(failed_only=True), settings.sources)]
+    await enqueue_replays(redis, settings, planned)
     assert await ids(failed_only=True) == []                 # the replay is pending, not failed
     assert await ids(ids=["evt_a"]) == ["evt_a"]             # replay entries are left out by default...
     assert await ids(ids=["evt_a"], include_replays=True) == ["evt_a", "evt_a"]      # ...unless asked for
@@ -312,10 +315,10 @@ async def test_rate_paces_the_replay_and_wait_reports_unfinished_jobs(make_bridg
     events = [joined(f"evt_{n}", user=str(n)) for n in range(5)]
     assert (await client.post(f"{bridge.base_url}/v1/events/default", json=events)).status_code == 202
     settings = load_settings(bridge.env())
-    selected = await rp.select_from_log(redis, rp.Filters(), settings.sources)
-    planned = [rp.plan_replay(settings, e) for e in selected]
+    selected = await select_from_log(redis, Filters(), settings.sources)
+    planned = [plan_replay(settings, e) for e in selected]
     started = time.monotonic()
-    await rp.enqueue(redis, settings, planned, rate=20)
+    await enqueue_replays(redis, settings, planned, rate=20)
     assert time.monotonic() - started >= 0.18                  # 5 events at 20/s: 4 gaps of 50 ms
     assert all(p.entry_id for p in planned)
     # No worker runs: with --wait the jobs cannot finish, and the run says so with a non-zero exit.
@@ -332,7 +335,7 @@ async def test_trim_drops_entries_by_age_and_by_count(make_bridge, redis, tmp_pa
     for hours in (50, 30, 20, 10, 5, 1):
         await _old_entry(redis, joined(f"evt_{hours}h"), hours=hours)
     settings = load_settings(bridge.env())
-    assert await rp.trim_event_log(redis, settings, exact=True) == 3           # 50 h, 30 h (age); 20 h (count)
+    assert await trim_event_log(redis, settings, exact=True) == 3           # 50 h, 30 h (age); 20 h (count)
     remaining = [e[1][b"id"].decode() for e in await redis.xrange(EVENT_LOG)]
     assert remaining == ["evt_10h", "evt_5h", "evt_1h"]
     code, out, _ = await cli(bridge, "trim", "--exact")
@@ -341,16 +344,16 @@ async def test_trim_drops_entries_by_age_and_by_count(make_bridge, redis, tmp_pa
 
 def test_relative_and_iso_times() -> None:
     now = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
-    assert rp.parse_time("2h", now) == now - timedelta(hours=2)
-    assert rp.parse_time("90s", now) == now - timedelta(seconds=90)
-    assert rp.parse_time("30m", now) == now - timedelta(minutes=30)
-    assert rp.parse_time("7d", now) == now - timedelta(days=7)
-    assert rp.parse_time("1w", now) == now - timedelta(weeks=1)
-    assert rp.parse_time("2026-11-22T10:00:00Z") == datetime(2026, 11, 22, 10, tzinfo=UTC)
-    assert rp.parse_time("2026-11-22T11:00:00+01:00") == datetime(2026, 11, 22, 10, tzinfo=UTC)
-    assert rp.parse_time("2026-11-22T10:00:00") == datetime(2026, 11, 22, 10, tzinfo=UTC)   # UTC when no zone
+    assert parse_time("2h", now) == now - timedelta(hours=2)
+    assert parse_time("90s", now) == now - timedelta(seconds=90)
+    assert parse_time("30m", now) == now - timedelta(minutes=30)
+    assert parse_time("7d", now) == now - timedelta(days=7)
+    assert parse_time("1w", now) == now - timedelta(weeks=1)
+    assert parse_time("2026-11-22T10:00:00Z") == datetime(2026, 11, 22, 10, tzinfo=UTC)
+    assert parse_time("2026-11-22T11:00:00+01:00") == datetime(2026, 11, 22, 10, tzinfo=UTC)
+    assert parse_time("2026-11-22T10:00:00") == datetime(2026, 11, 22, 10, tzinfo=UTC)   # UTC when no zone
     with pytest.raises(ValueError):
-        rp.parse_time("2 fortnights")
+        parse_time("2 fortnights")
 
 
 async def test_reparse_rederives_the_canonical_event_from_the_raw_body(make_bridge, client, redis) -> None:
@@ -358,11 +361,11 @@ async def test_reparse_rederives_the_canonical_event_from_the_raw_body(make_brid
     moodle = moodle_fixture("bigbluebuttonbn_meeting_joined")
     assert (await client.post(f"{bridge.base_url}/v1/events/moodle", json=moodle)).status_code == 202
     settings = load_settings(bridge.env())
-    [event] = await rp.select_from_log(redis, rp.Filters(), settings.sources)
-    fresh = rp.plan_replay(settings, event, reparse=True)
+    [event] = await select_from_log(redis, Filters(), settings.sources)
+    fresh = plan_replay(settings, event, reparse=True)
     assert fresh.error is None and fresh.canonical == event.canonical
     assert fresh.jobs[0].envelope["replay_of"] == event.id and fresh.ref.startswith(f"moodle:{event.id}:replay:")
-    broken = rp.plan_replay(settings, rp.LogEvent(**{**event.__dict__, "raw": {"eventname": 7}}), reparse=True)
+    broken = plan_replay(settings, LogEvent(**{**event.__dict__, "raw": {"eventname": 7}}), reparse=True)
     assert broken.error and "no longer parses" in broken.error
 
 
@@ -381,5 +384,5 @@ async def test_the_worker_trims_the_log_on_a_schedule(make_bridge, redis) -> Non
     # Approximate trimming (~) drops whole stream nodes (100 entries each) of old entries only.
     remaining = [e[1][b"id"] for e in await redis.xrange(EVENT_LOG)]
     assert len(remaining) <= 151 and remaining[-1] == b"evt_new"
-    await rp.trim_event_log(redis, settings, exact=True)
+    await trim_event_log(redis, settings, exact=True)
     assert [e[1][b"id"] for e in await redis.xrange(EVENT_LOG)] == [b"evt_new"]

@@ -10,12 +10,12 @@ from arq import cron
 from arq.worker import Function, func
 
 from bridge.config import Settings
+from bridge.eventlog.retention import trim_job
 from bridge.http_transport import ConnectionPerRequestTransport
 from bridge.lifecycle import Runtime
 from bridge.processes import tune_gc_for_service
 from bridge.providers import build_provider
 from bridge.recorder import reclaim_loop, recorder_config
-from bridge.replay import trim_job
 from bridge.routing import JOBS_BY_TYPE
 from bridge.store import RECORDER_QUEUE, WORKER_QUEUE, deserialize_arq, serialize_arq, worker_redis
 from workers.jobs import MAX_TRIES, deliver_webhook, event_job, rides_out_redis
@@ -96,7 +96,7 @@ def worker_settings(settings: Settings, queue: str = WORKER_QUEUE) -> dict[str, 
         "job_completion_wait": DRAIN_S,
         "poll_delay": 0.02,          # the mean wait before a new job starts is half of this
         "handle_signals": True,
-        # Event-log retention (bridge.replay.trim_event_log): every 15 minutes, once across all workers.
+        # Event-log retention (bridge.eventlog.retention.trim_event_log): every 15 minutes, once across all workers.
         # No timeout of its own: arq's crash-recovery delay is the longest job timeout + 10 s.
         "cron_jobs": [cron(trim_job, name="trim_event_log", minute={7, 22, 37, 52}, unique=True)]
         if queue == WORKER_QUEUE else [],

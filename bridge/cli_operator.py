@@ -1,7 +1,6 @@
-"""Operator tools shared by the CLI and the admin API: event details, redelivery, endpoints.
+"""The operator's subcommands of the `bridge` command: replay, export, events, deliveries, endpoints, trim.
 
-Also the CLI side of them (`bridge replay|export|events|deliveries|endpoints|trim`): argument
-parsing and printing only; the work is done by the functions above them and by bridge.replay.
+Argument parsing and printing only; the work is done by bridge.eventlog and bridge.deliveries.
 """
 
 from __future__ import annotations
@@ -10,213 +9,25 @@ import argparse
 import asyncio
 import json
 import sys
-import time
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
-from arq.constants import job_key_prefix
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import RedisError
 
-from bridge import replay as rp
 from bridge.config import Settings
-from bridge.routing import event_ref
-from bridge.sources.canonical import iso
-from bridge.store import (
-    DEAD_LETTERS,
-    EVENT_LOG,
-    FAILED_DELIVERIES,
-    JOB_EXPIRES_MS,
-    WORKER_QUEUE,
-    arq_payload,
-    attempts_key,
-    delivery_key,
-    endpoint_disabled_key,
-    job_runs_key,
-    produced_key,
-    redis_client,
-    replays_key,
-)
-
-DELIVERY_LISTS = {"failed": FAILED_DELIVERIES, "dead": DEAD_LETTERS, "disabled": FAILED_DELIVERIES}
-
-
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-# ---------------------------------------------------------------------------------------------- deliveries
-
-async def delivery(redis: Redis, msg_id: str, *, with_attempts: bool = True) -> dict[str, Any] | None:
-    record = {k.decode(): v.decode() for k, v in (await redis.hgetall(delivery_key(msg_id))).items()}
-    if not record:
-        return None
-    try:
-        payload = json.loads(record.get("payload") or "null")
-    except ValueError:
-        payload = None
-    data = (payload or {}).get("data") or {}
-    next_at = record.get("next_at")
-    info: dict[str, Any] = {
-        "webhook_id": msg_id, "source": record.get("source"), "type": record.get("type"),
-        "status": record.get("status"), "attempts": int(record.get("attempts") or 0),
-        "last_status": record.get("last_status"), "ref": record.get("ref"), "created_at": record.get("created_at"),
-        "next_at": iso(datetime.fromtimestamp(float(next_at), UTC)) if next_at and record.get("status") == "failed"
-        else None,
-        "event_id": data.get("event_id"), "replay_of": data.get("replay_of"), "payload": payload,
-    }
-    if with_attempts:
-        info["attempt_log"] = [json.loads(a) for a in await redis.lrange(attempts_key(msg_id), 0, -1)]
-    return info
-
-
-async def list_deliveries(redis: Redis, status: str, *, endpoint: str | None = None, limit: int | None = 100,
-                          cursor: int = 0) -> tuple[list[dict[str, Any]], int | None]:
-    """Failed (still retrying or held), dead or disabled deliveries, most recent first; next cursor or None."""
-    if status not in DELIVERY_LISTS:
-        raise ValueError(f"status must be one of {', '.join(DELIVERY_LISTS)}")
-    key = DELIVERY_LISTS[status]
-    out: list[dict[str, Any]] = []
-    offset = cursor
-    chunk = 200
-    while True:
-        rows = await redis.zrevrange(key, offset, offset + chunk - 1, withscores=True)
-        for index, (member, score) in enumerate(rows):
-            info = await delivery(redis, member.decode(), with_attempts=False)
-            if info is None or info["status"] == "delivered":
-                continue         # expired record, or delivered since (a manual retry)
-            if status == "disabled" and info["status"] != "disabled":
-                continue
-            if endpoint and info["source"] != endpoint:
-                continue
-            info["listed_at"] = iso(datetime.fromtimestamp(score, UTC))
-            out.append(info)
-            if limit is not None and len(out) >= limit:
-                more = offset + index + 1 < await redis.zcard(key)
-                return out, (offset + index + 1) if more else None
-        if len(rows) < chunk:
-            return out, None
-        offset += chunk
-
-
-@dataclass
-class RetryResult:
-    webhook_id: str
-    ok: bool
-    code: str | None = None
-    message: str | None = None
-    job_id: str | None = None
-    attempt: int | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-async def retry_delivery(redis: Redis, settings: Settings, msg_id: str) -> RetryResult:
-    """Enqueue one more attempt, under a fresh job id; the webhook keeps its id (and its payload).
-
-    Checked and written under WATCH, so a delivery that succeeds meanwhile is never sent again.
-    """
-    for _ in range(5):
-        async with redis.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(delivery_key(msg_id))
-                record = {k.decode(): v.decode() for k, v in (await pipe.hgetall(delivery_key(msg_id))).items()}
-                if not record:
-                    return RetryResult(msg_id, False, "not_found", "no such delivery (or its record expired)")
-                if record.get("status") == "delivered":
-                    return RetryResult(msg_id, False, "already_delivered", "this webhook was delivered already")
-                source = settings.sources.get(record.get("source", ""))
-                if source is None or not source.webhook_url:
-                    return RetryResult(msg_id, False, "no_endpoint",
-                                       f"source {record.get('source')!r} has no webhook_url configured")
-                await pipe.watch(endpoint_disabled_key(source.name))
-                if await pipe.exists(endpoint_disabled_key(source.name)):
-                    return RetryResult(msg_id, False, "endpoint_disabled",
-                                       f"endpoint {source.name!r} is disabled (it answered 410); "
-                                       f"enable it first: bridge endpoints enable {source.name}")
-                number = int(record.get("attempts") or 0)
-                job_id = f"{msg_id}:retry:{rp.new_replay_id()}"
-                now_ms = int(time.time() * 1000)
-                pipe.multi()
-                pipe.hset(delivery_key(msg_id), "status", "pending")
-                pipe.hdel(delivery_key(msg_id), "next_at")
-                pipe.zrem(DEAD_LETTERS, msg_id)
-                pipe.psetex(job_key_prefix + job_id, JOB_EXPIRES_MS,
-                            arq_payload("deliver_webhook", (msg_id, number), now_ms))
-                pipe.zadd(WORKER_QUEUE, {job_id: now_ms})
-                await pipe.execute()
-                return RetryResult(msg_id, True, job_id=job_id, attempt=number)
-            except WatchError:
-                continue
-    return RetryResult(msg_id, False, "busy", "the delivery kept changing; try again")
-
-
-async def select_for_retry(redis: Redis, *, ids: Iterable[str] = (), endpoint: str | None = None,
-                           all_dead: bool = False) -> list[str]:
-    chosen = list(ids)
-    if endpoint:
-        for status in ("dead", "failed"):
-            chosen += [d["webhook_id"] for d in (await list_deliveries(redis, status, endpoint=endpoint,
-                                                                        limit=None))[0]]
-    if all_dead:
-        chosen += [d["webhook_id"] for d in (await list_deliveries(redis, "dead", limit=None))[0]]
-    return list(dict.fromkeys(chosen))
-
-
-async def enable_endpoint(redis: Redis, settings: Settings, name: str, *, retry: bool = False) -> dict[str, Any]:
-    """Clear the 410 switch. Deliveries held as `disabled` become retryable (and are retried with `retry`)."""
-    if name not in settings.sources:
-        raise LookupError(f"no source (endpoint) named {name!r} is configured")
-    since = _text(await redis.get(endpoint_disabled_key(name)))
-    await redis.delete(endpoint_disabled_key(name))
-    held = [d["webhook_id"] for d in (await list_deliveries(redis, "disabled", endpoint=name, limit=None))[0]]
-    retried = [(await retry_delivery(redis, settings, msg_id)).as_dict() for msg_id in held] if retry else []
-    return {"endpoint": name, "was_disabled": since is not None, "disabled_since": since, "held": held,
-            "retried": retried}
-
-
-# ---------------------------------------------------------------------------------------------- events show
-
-async def event_details(redis: Redis, event: rp.LogEvent) -> dict[str, Any]:
-    """The event, its canonical form, and each execution (original, then replays): jobs and deliveries."""
-    executions: list[dict[str, Any]] = [{"ref": event.ref, "replay": event.replay, "entry_id": event.entry_id,
-                                         "replayed_at": None, "functions": event.functions}]
-    if not event.replay:
-        for raw in await redis.lrange(replays_key(event.source, event.id), 0, -1):
-            item = json.loads(raw)
-            executions.append({"ref": event_ref(event.source, event.id, item["replay"]), "replay": item["replay"],
-                               "entry_id": item.get("entry"), "replayed_at": item.get("at"),
-                               "functions": list(item.get("functions") or [])})
-    for execution in executions:
-        ref, functions = execution["ref"], execution.pop("functions")
-        runs = rp._runs(await redis.hgetall(job_runs_key(ref)))
-        functions = functions or sorted(runs)
-        async with redis.pipeline(transaction=False) as pipe:
-            for function in functions:
-                pipe.exists(job_key_prefix + f"{ref}:{function}")
-            queued = await pipe.execute()
-        jobs = []
-        for function, is_queued in zip(functions, queued, strict=True):
-            run = runs.get(function) or {}
-            jobs.append({"function": function, "job_id": f"{ref}:{function}",
-                         "status": run.get("status") or ("queued" if is_queued else "unknown"),
-                         "try": run.get("try"), "at": run.get("at"), "ms": run.get("ms"), "error": run.get("error")})
-        deliveries = []
-        for msg_id in await redis.lrange(produced_key(ref), 0, -1):
-            info = await delivery(redis, msg_id.decode())
-            if info is not None:
-                deliveries.append(info)
-        execution.update(status=rp.summarize(functions, runs), jobs=jobs, deliveries=deliveries)
-    return {"event": {**event.summary(), "canonical": event.canonical, "raw": event.raw},
-            "status": executions[-1]["status"], "executions": executions}
-
-
-# ---------------------------------------------------------------------------------------------- CLI
+from bridge.deliveries import DELIVERY_LISTS, enable_endpoint, list_deliveries, retry_delivery, select_for_retry
+from bridge.eventlog.export import select_from_file, write_jsonl
+from bridge.eventlog.query import Filters, event_details, find_events, select_from_log
+from bridge.eventlog.replay import PlannedReplay, enqueue_replays, plan_replay, summarize_replays, wait_for_jobs
+from bridge.eventlog.retention import trim_event_log
+from bridge.store import EVENT_LOG, redis_client
 
 Operation = Callable[[argparse.Namespace, Settings, Redis], Awaitable[int]]
+
+
+class UsageError(Exception):
+    """A bad option or argument: `error: <message>` on stderr and exit code 2."""
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -225,6 +36,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         redis = redis_client(settings.redis_url or "redis://127.0.0.1:6379")
         try:
             return await args.operation(args, settings, redis)
+        except UsageError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         except RedisError as exc:
             print(f"error: Redis is unreachable or refused the command ({type(exc).__name__}: {exc})",
                   file=sys.stderr)
@@ -234,10 +48,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(main())
 
 
-def _filters(args: argparse.Namespace) -> rp.Filters:
-    return rp.Filters.build(since=args.since, until=args.until, sources=args.source or (), types=args.type or (),
-                            lessons=args.lesson or (), ids=args.id or (), failed_only=args.failed_only,
-                            include_replays=args.include_replays)
+def _filters(args: argparse.Namespace) -> Filters:
+    try:
+        return Filters.build(since=args.since, until=args.until, sources=args.source or (), types=args.type or (),
+                             lessons=args.lesson or (), ids=args.id or (), failed_only=args.failed_only,
+                             include_replays=args.include_replays)
+    except ValueError as exc:
+        raise UsageError(exc) from None
 
 
 def _positive(value: str) -> float:
@@ -268,7 +85,7 @@ class _Progress:
         self.tty = out.isatty()
         self.done = self.failed = 0
 
-    def __call__(self, item: rp.PlannedReplay) -> None:
+    def __call__(self, item: PlannedReplay) -> None:
         self.done += 1
         name = f"{item.event.source}:{item.event.id}"
         if item.error:
@@ -302,36 +119,31 @@ class _Progress:
 
 
 async def cmd_replay(args: argparse.Namespace, settings: Settings, redis: Redis) -> int:
-    try:
-        filters = _filters(args)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    filters = _filters(args)
     problems: list[str] = []
     if args.from_file:
         try:
-            events, problems = await rp.select_from_file(redis, args.from_file, filters)
+            events, problems = await select_from_file(redis, args.from_file, filters)
         except OSError as exc:
-            print(f"error: cannot read {args.from_file}: {exc.strerror}", file=sys.stderr)
-            return 2
+            raise UsageError(f"cannot read {args.from_file}: {exc.strerror}") from None
     else:
-        events = await rp.select_from_log(redis, filters, settings.sources)
+        events = await select_from_log(redis, filters, settings.sources)
     for problem in problems:
         print(f"failed {problem}", file=sys.stderr)
-    planned = [rp.plan_replay(settings, event, args.reparse) for event in events]
+    planned = [plan_replay(settings, event, args.reparse) for event in events]
     progress = _Progress(len(planned), sys.stdout, args.dry_run)
     if args.dry_run:
         for item in planned:
             progress(item)
     else:
-        await rp.enqueue(redis, settings, planned, rate=args.rate, progress=progress)
+        await enqueue_replays(redis, settings, planned, rate=args.rate, progress=progress)
         progress.close()
         if args.wait:
-            await rp.wait_for_jobs(redis, planned, args.wait)
+            await wait_for_jobs(redis, planned, args.wait)
             for item in planned:
                 if item.outcome in ("failed", "unfinished"):
                     print(f"{item.outcome} {item.ref}", file=sys.stderr)
-    summary = rp.summarize_replays(planned, problems, dry_run=args.dry_run, waited=bool(args.wait))
+    summary = summarize_replays(planned, problems, dry_run=args.dry_run, waited=bool(args.wait))
     print(summary.text(), flush=True)
     return summary.exit_code
 
@@ -341,16 +153,12 @@ def _open_for_writing(path: str) -> TextIO:
 
 
 async def cmd_export(args: argparse.Namespace, settings: Settings, redis: Redis) -> int:
-    try:
-        filters = _filters(args)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    filters = _filters(args)
     if args.out and args.out != "-":
         with _open_for_writing(args.out) as handle:
-            count = await rp.export(redis, filters, handle.write, settings.sources)
+            count = await write_jsonl(redis, filters, handle.write, settings.sources)
     else:
-        count = await rp.export(redis, filters, sys.stdout.write, settings.sources)
+        count = await write_jsonl(redis, filters, sys.stdout.write, settings.sources)
         sys.stdout.flush()
     print(f"exported {count} event{'s' if count != 1 else ''}", file=sys.stderr)
     return 0
@@ -383,7 +191,7 @@ def _print_details(details: dict[str, Any], out: TextIO) -> None:
 
 
 async def cmd_events_show(args: argparse.Namespace, settings: Settings, redis: Redis) -> int:
-    found = await rp.find_events(redis, args.event_id, args.source, settings.sources)
+    found = await find_events(redis, args.event_id, args.source, settings.sources)
     if not found:
         where = f" from source {args.source!r}" if args.source else ""
         print(f"no event {args.event_id!r}{where} in the event log", file=sys.stderr)
@@ -414,8 +222,7 @@ async def cmd_deliveries_list(args: argparse.Namespace, settings: Settings, redi
 
 async def cmd_deliveries_retry(args: argparse.Namespace, settings: Settings, redis: Redis) -> int:
     if not (args.ids or args.endpoint or args.all_dead):
-        print("error: name webhook ids, or use --endpoint SOURCE or --all-dead", file=sys.stderr)
-        return 2
+        raise UsageError("name webhook ids, or use --endpoint SOURCE or --all-dead")
     ids = await select_for_retry(redis, ids=args.ids, endpoint=args.endpoint, all_dead=args.all_dead)
     failed = 0
     for msg_id in ids:
@@ -448,7 +255,7 @@ async def cmd_endpoints_enable(args: argparse.Namespace, settings: Settings, red
 
 
 async def cmd_trim(args: argparse.Namespace, settings: Settings, redis: Redis) -> int:
-    removed = await rp.trim_event_log(redis, settings, exact=args.exact)
+    removed = await trim_event_log(redis, settings, exact=args.exact)
     print(f"trimmed {removed} entries (retention {settings.event_retention_s} s, at most "
           f"{settings.event_retention_max} entries); the log holds {await redis.xlen(EVENT_LOG)}")
     return 0

@@ -1,0 +1,28 @@
+"""Trimming the event log by age and by size: on the worker's schedule, or now with `bridge trim`."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+
+from bridge.config import Settings
+from bridge.store import EVENT_LOG
+
+
+async def trim_event_log(redis: Redis, settings: Settings, *, exact: bool = False) -> int:
+    """Drop entries older than event_retention_s (MINID), then beyond event_retention_max (MAXLEN).
+
+    Approximate by default (`~`: whole radix-tree nodes, nearly free); `exact` trims to the entry.
+    """
+    min_id = int(time.time() * 1000) - settings.event_retention_s * 1000
+    removed = int(await redis.xtrim(EVENT_LOG, minid=max(0, min_id), approximate=not exact))
+    removed += int(await redis.xtrim(EVENT_LOG, maxlen=settings.event_retention_max, approximate=not exact))
+    return removed
+
+
+async def trim_job(ctx: dict[str, Any]) -> int:
+    """The worker's periodic trim (an arq cron job registered in workers/settings.py)."""
+    runtime = ctx["bridge"]
+    return await trim_event_log(runtime.redis, runtime.settings)
