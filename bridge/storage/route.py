@@ -32,11 +32,11 @@ def requested_range(header: str | None, size: int) -> tuple[int, int] | None:
         return None
     if match[1]:
         first = int(match[1])
+        if first >= size:
+            raise RangeNotSatisfiable
         last = int(match[2]) if match[2] else size - 1
         if last < first:
             return None
-        if first >= size:
-            raise RangeNotSatisfiable
         return first, min(last, size - 1)
     suffix = int(match[2])
     if suffix == 0 or size == 0:
