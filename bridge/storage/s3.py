@@ -1,11 +1,12 @@
 """`s3` storage: any S3-compatible service, through aiobotocore (README, "Recording storage").
 
-Upload: one PUT up to `part_size`, a multipart upload above it. The file is read part by part and at
-most `concurrency` parts are in memory at once. Integrity is checked with MD5, the checksum every
-S3-compatible service implements: each part is sent with `Content-MD5`, so the service refuses a part
-damaged on the way, and the object's ETag after completion must equal the multipart ETag computed
-here (MD5 of the parts' MD5s, "-N"), with the expected size, or the object is deleted and the upload
-fails. The whole file's SHA-256 is computed on the same read, to compare with finalize's.
+Upload: one PUT up to `part_size`, a multipart upload above it, `concurrency` parts at a time, each
+streamed from disk a chunk at a time (no part is ever held in memory whole). Integrity is checked
+with MD5, the checksum every S3-compatible service implements: each part is sent with `Content-MD5`,
+so the service refuses a part damaged on the way, and after completion the object's ETag must equal
+the multipart ETag computed here (MD5 of the parts' MD5s, "-N") and its size the file's, or the
+object is deleted and the upload fails. The whole file's SHA-256 is computed on the same read, and
+compared with finalize's before the upload completes.
 
 A multipart object appears under its key only when CompleteMultipartUpload succeeds, all at once; until
 then the parts sit under an upload id. A run killed mid-way leaves that upload open: the next run for
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import io
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -53,6 +55,7 @@ T = TypeVar("T")
 MIB = 1024 * 1024
 MIN_PART_SIZE = 5 * MIB          # S3's floor for every part but the last
 MAX_PARTS = 10_000               # S3's ceiling: larger files get larger parts
+HASH_CHUNK = 1024 * 1024
 MAX_PAGES = 100                  # listing pages read per call (1000 entries each)
 TRANSIENT_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "NoSuchUpload"}
 
@@ -71,10 +74,62 @@ def _not_found(exc: ClientError) -> bool:
 
 
 def _read_part(file: IO[bytes], size: int, whole: Any) -> tuple[bytes, bytes]:
-    """The next part and its MD5; feeds the whole-file SHA-256 on the way (parts are read in order)."""
+    """The next part (small files only) and its MD5; feeds the whole-file SHA-256 on the way."""
     chunk = file.read(size)
     whole.update(chunk)
     return chunk, hashlib.md5(chunk).digest()
+
+
+def _hash_part(file: IO[bytes], length: int, whole: Any) -> bytes:
+    """MD5 of the next `length` bytes, read a chunk at a time; feeds the whole-file SHA-256 on the way."""
+    md5 = hashlib.md5()
+    remaining = length
+    while remaining > 0:
+        chunk = file.read(min(HASH_CHUNK, remaining))
+        if not chunk:
+            raise VerificationFailed(f"{file.name}: the file got shorter while it was being uploaded")
+        md5.update(chunk)
+        whole.update(chunk)
+        remaining -= len(chunk)
+    return md5.digest()
+
+
+class FilePart(io.RawIOBase):
+    """Bytes [start, start + length) of a file as a seekable stream: a part is sent from disk, a chunk at
+    a time, and re-read from its start when botocore signs it or retries it."""
+
+    def __init__(self, path: Path, start: int, length: int) -> None:
+        super().__init__()
+        self._file = path.open("rb", buffering=0)
+        self._start, self._length, self._position = start, length, 0
+        self._file.seek(start)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._length}[whence]
+        self._position = min(max(0, base + offset), self._length)
+        self._file.seek(self._start + self._position)
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        wanted = min(len(buffer), self._length - self._position)
+        if wanted <= 0:
+            return 0
+        got = self._file.readinto(memoryview(buffer)[:wanted]) or 0
+        self._position += got
+        return got
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
 def multipart_etag(part_md5s: list[bytes]) -> str:
@@ -86,7 +141,7 @@ class S3Storage:
 
     def __init__(self, bucket: str, access_key_id: str, secret_access_key: str, *, prefix: str = "recordings/",
                  endpoint_url: str | None = None, region: str = "us-east-1", url_ttl_s: int = 86400,
-                 part_size: int = 8 * MIB, concurrency: int = 4, retry_budget_s: float = 120.0,
+                 part_size: int = 16 * MIB, concurrency: int = 4, retry_budget_s: float = 120.0,
                  connect_timeout_s: float = 5.0, read_timeout_s: float = 60.0) -> None:
         if not bucket:
             raise ValueError("bucket is required for s3 storage")
@@ -202,30 +257,32 @@ class S3Storage:
         etags: dict[int, str] = {}
         sha = hashlib.sha256()
         reused = 0
-        slots = asyncio.Semaphore(self.concurrency)      # parts in memory: read, hashed or being sent
+        sending = asyncio.Semaphore(self.concurrency)
 
-        async def send(number: int, body: bytes, md5: bytes) -> None:
+        async def send(number: int, length: int, md5: bytes) -> None:
             try:
-                answer = await client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                                                  Body=body, ContentMD5=base64.b64encode(md5).decode())
+                with FilePart(path, (number - 1) * part_size, length) as body:
+                    answer = await client.upload_part(
+                        Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body,
+                        ContentLength=length, ContentMD5=base64.b64encode(md5).decode())
                 etags[number] = answer["ETag"]
             finally:
-                slots.release()
+                sending.release()
 
         try:
             async with asyncio.TaskGroup() as group:
                 with await asyncio.to_thread(path.open, "rb") as file:
                     for number in range(1, count + 1):
-                        await slots.acquire()
-                        body, md5 = await asyncio.to_thread(_read_part, file, part_size, sha)
+                        length = min(part_size, size - (number - 1) * part_size)
+                        # Hashed in order (the whole-file SHA-256 needs it) while earlier parts are sent.
+                        md5 = await asyncio.to_thread(_hash_part, file, length, sha)
                         md5s.append(md5)
-                        if uploaded.get(number) == (md5.hex(), len(body)):
+                        if uploaded.get(number) == (md5.hex(), length):
                             etags[number] = f'"{md5.hex()}"'
                             reused += 1
-                            slots.release()
-                        else:
-                            group.create_task(send(number, body, md5))
-                        del body                     # the task holds the only reference now
+                            continue
+                        await sending.acquire()
+                        group.create_task(send(number, length, md5))
         except BaseExceptionGroup as group_error:
             raise group_error.exceptions[0] from None
         check_source_digest(path, expected_sha256, sha.hexdigest())
