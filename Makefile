@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint mutation bench bench-ingest bench-tokens bench-pipeline bench-recording bench-persistence clean
+.PHONY: run test lint mutation bench bench-ingest bench-tokens bench-pipeline bench-recording bench-persistence bench-storage clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ bench-recording: $(STAMP)
 
 bench-persistence: $(STAMP)
 	$(BIN)/python bench/persistence.py
+
+bench-storage: $(STAMP)
+	$(BIN)/python bench/storage.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
