@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from bridge.config import Settings, SourceConfig
-from bridge.sources.canonical import EVENT_TYPES, MAX_ID_LENGTH
+from bridge.schema.events import EVENT_TYPES, MAX_ID_LENGTH
 
 Schema = dict[str, Any]
 
