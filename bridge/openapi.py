@@ -157,23 +157,13 @@ WEBHOOK_PAYLOAD: Schema = {
         },
     },
 }
-OUTBOUND_HEADERS = [
-    {"name": "webhook-id", "in": "header", "required": True, "schema": {"type": "string"},
-     "description": "`msg_...`: the same for every attempt of the same logical webhook (dedupe on it)."},
-    {"name": "webhook-timestamp", "in": "header", "required": True, "schema": {"type": "string"},
-     "description": "Unix seconds of this attempt."},
-    {"name": "webhook-signature", "in": "header", "required": True, "schema": {"type": "string"},
-     "description": "`v1,<base64 HMAC-SHA256 of id.timestamp.body>` per `webhook_secret` (several while rotating)."},
-]
-
-
 def outbound_webhooks() -> Schema:
     """The OpenAPI 3.1 `webhooks` section: every outbound type, as the source's `webhook_url` receives it."""
     return {str(webhook_type): {"post": {
         "operationId": f"webhook_{webhook_type.value.replace('.', '_')}",
         "summary": f"`{webhook_type}`, Standard Webhooks signed",
         "tags": ["webhooks"],
-        "parameters": OUTBOUND_HEADERS,
+        "parameters": _signature_headers(True, OUTBOUND_HEADER_TEXT),
         "requestBody": {"required": True, "content": _json(payload_schema(
             webhook_type, _ref(WEBHOOK_DATA[webhook_type].__name__)))},
         "responses": {"200": {"description": "Any 2xx acknowledges it. Other answers and timeouts are retried "
@@ -210,15 +200,22 @@ def _error(status: int, description: str | None = None, retry_after: bool = Fals
     return response
 
 
-def _signature_headers(required: bool) -> list[Schema]:
-    return [
-        {"name": "webhook-id", "in": "header", "required": required, "schema": {"type": "string"},
-         "description": "Standard Webhooks message id (when the source has a `signing_secret`)."},
-        {"name": "webhook-timestamp", "in": "header", "required": required, "schema": {"type": "string"},
-         "description": "Unix seconds; at most 5 minutes from the server's clock."},
-        {"name": "webhook-signature", "in": "header", "required": required, "schema": {"type": "string"},
-         "description": "`v1,<base64 HMAC-SHA256 of id.timestamp.body>`, several space-separated allowed."},
-    ]
+SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+INBOUND_HEADER_TEXT = (
+    "Standard Webhooks message id (when the source has a `signing_secret`).",
+    "Unix seconds; at most 5 minutes from the server's clock.",
+    "`v1,<base64 HMAC-SHA256 of id.timestamp.body>`, several space-separated allowed.",
+)
+OUTBOUND_HEADER_TEXT = (
+    "`msg_...`: the same for every attempt of the same logical webhook (dedupe on it).",
+    "Unix seconds of this attempt.",
+    "`v1,<base64 HMAC-SHA256 of id.timestamp.body>` per `webhook_secret` (several while rotating).",
+)
+
+
+def _signature_headers(required: bool, texts: tuple[str, str, str] = INBOUND_HEADER_TEXT) -> list[Schema]:
+    return [{"name": name, "in": "header", "required": required, "schema": {"type": "string"}, "description": text}
+            for name, text in zip(SIGNATURE_HEADERS, texts, strict=True)]
 
 
 WAIT = {"name": "wait", "in": "query", "required": False,
