@@ -97,16 +97,19 @@ def _decimal(value: Any) -> Any:
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-def _decimal_id(value: Any) -> Any:
-    if isinstance(value, str) and not value.strip():
-        raise PydanticCustomError("blank", "must not be empty")
-    return _decimal(value)
-
-
 def _non_empty(value: Any) -> Any:
     if isinstance(value, str) and not value.strip():
         raise PydanticCustomError("blank", "must not be empty")
     return value
+
+
+def _decimal_id(value: Any) -> Any:
+    """_decimal and _non_empty in one call: three ids per event on the accept path."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise PydanticCustomError("blank", "must not be empty")
+        return value
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 TIME_SCHEMA = {"type": "string", "format": "date-time",
@@ -203,10 +206,12 @@ class _Event(Shape):
             return value
         if None in value.values():
             value = _without_nulls(value)
-        for key, keep in (("lesson", "record"), ("user", ""), ("data", "")):
-            inner = value.get(key)
-            if isinstance(inner, dict) and None in inner.values():
-                value = {**value, key: _without_nulls(inner, keep)}
+        lesson, user, data = value.get("lesson"), value.get("user"), value.get("data")
+        if ((isinstance(lesson, dict) and None in lesson.values()) or (isinstance(user, dict) and None in user.values())
+                or (isinstance(data, dict) and None in data.values())):
+            value = {**value, **{key: _without_nulls(inner, "record" if key == "lesson" else "")
+                                 for key, inner in (("lesson", lesson), ("user", user), ("data", data))
+                                 if isinstance(inner, dict)}}
         return value
 
     def stored(self, default_provider: str, data: dict[str, Any]) -> dict[str, Any]:
