@@ -204,7 +204,7 @@ async def user_joined(job: Job) -> None:
     room, _ = await ensure_room(job)
     grant = await (await job.provider()).join(job.lesson, room, user)
     await job.emit(WebhookType.JOIN_READY, {"user_id": user.id, "role": grant.role, "join_url": grant.join_url,
-                                  "token": grant.token, "expires_at": iso(grant.expires_at)})
+                                            "token": grant.token, "expires_at": iso(grant.expires_at)})
 
 
 async def user_left(job: Job) -> None:
