@@ -10,15 +10,17 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 import httpx
 from arq.connections import ArqRedis
 
 from bridge.config import Settings, SourceConfig
-from bridge.providers.base import Capability, Lesson, Provider, ProviderError, Room, User
+from bridge.providers.base import Capability, Provider, ProviderError, Room
 from bridge.recording import RecorderConfig
+from bridge.schema.events import Lesson, User
+from bridge.schema.webhooks import WebhookType
 from bridge.sources.canonical import iso
 from bridge.store import lesson_key, lesson_lock_key, recording_key, recording_stop_key, teachers_key
 from bridge.webhooks import Outbound, deliver_outbound, emit
@@ -46,11 +48,9 @@ class Job:
     pending: list[Outbound] = field(default_factory=list)   # webhooks whose first attempt is ours to make
     _state: dict[str, str] | None = None
 
-    @property
+    @cached_property
     def lesson(self) -> Lesson:
-        raw = self.event["lesson"]
-        return Lesson(id=raw["id"], title=raw.get("title") or "", starts_at=_time(raw.get("starts_at")),
-                      ends_at=_time(raw.get("ends_at")), record=bool(raw.get("record")))
+        return Lesson.model_validate(self.event["lesson"])
 
     @property
     def lesson_key(self) -> str:
@@ -81,7 +81,8 @@ class Job:
     async def provider(self) -> Provider:
         return self.rt.providers[await self.provider_name()]
 
-    async def emit(self, webhook_type: str, extra: dict[str, Any] | None = None, discriminator: str = "") -> str:
+    async def emit(self, webhook_type: WebhookType, extra: dict[str, Any] | None = None,
+                   discriminator: str = "") -> str:
         data: dict[str, Any] = {
             "event_id": self.event["id"], "source": self.source.name,
             "lesson_id": (self.event.get("lesson") or {}).get("id"),
@@ -104,10 +105,6 @@ class Job:
 
 
 STOP_FLAG_TTL_S = 7 * 24 * 3600
-
-
-def _time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
 def _room_from(raw: str | None) -> Room | None:
@@ -148,7 +145,7 @@ def _room_webhook_data(job: Job, room: Room) -> dict[str, Any]:
 
 async def lesson_scheduled(job: Job) -> None:
     room, created = await ensure_room(job)
-    await job.emit("room.created", {**_room_webhook_data(job, room), "created": created})
+    await job.emit(WebhookType.ROOM_CREATED, {**_room_webhook_data(job, room), "created": created})
 
 
 async def lesson_updated(job: Job) -> None:
@@ -158,16 +155,16 @@ async def lesson_updated(job: Job) -> None:
         if provider.supports(Capability.ROOMS):
             room = await provider.update_room(job.lesson, room)
         await job.save(room=_room_json(room), title=job.lesson.title)
-    await job.emit("room.updated", _room_webhook_data(job, room))
+    await job.emit(WebhookType.ROOM_UPDATED, _room_webhook_data(job, room))
 
 
 async def lesson_started(job: Job) -> None:
     room, _ = await ensure_room(job)
     await job.save(status="started")
-    await job.emit("room.updated", {**_room_webhook_data(job, room), "status": "started"})
+    await job.emit(WebhookType.ROOM_UPDATED, {**_room_webhook_data(job, room), "status": "started"})
 
 
-async def _close(job: Job, status: str, webhook_type: str, operation: Callable[[Provider, Lesson, Room],
+async def _close(job: Job, status: str, webhook_type: WebhookType, operation: Callable[[Provider, Lesson, Room],
                  Awaitable[None]]) -> None:
     room = await job.room()
     provider = await job.provider()
@@ -181,7 +178,7 @@ async def lesson_cancelled(job: Job) -> None:
     async def delete(provider: Provider, lesson: Lesson, room: Room) -> None:
         if provider.supports(Capability.ROOMS):
             await provider.delete_room(lesson, room)
-    await _close(job, "cancelled", "room.deleted", delete)
+    await _close(job, "cancelled", WebhookType.ROOM_DELETED, delete)
     await job.forget("room")
 
 
@@ -190,17 +187,15 @@ async def lesson_ended(job: Job) -> None:
         if provider.supports(Capability.END_ROOM):
             await provider.end_room(lesson, room)
     await request_recording_stop(job, None)
-    await _close(job, "ended", "room.ended", end)
+    await _close(job, "ended", WebhookType.ROOM_ENDED, end)
 
 
 async def resolve_role(job: Job) -> User:
-    raw = job.event["user"]
-    role = raw.get("role") or "student"
+    user = User.model_validate(job.event["user"])
     course = job.event.get("data", {}).get("moodle_course")
-    user = User(id=raw["id"], name=raw.get("name") or "", email=raw.get("email") or "", role=role)
     if course and not user.is_moderator and await job.rt.redis.sismember(teachers_key(job.source.name, course),
                                                                           user.id):
-        return User(id=user.id, name=user.name, email=user.email, role="teacher")
+        return user.model_copy(update={"role": "teacher"})
     return user
 
 
@@ -208,8 +203,8 @@ async def user_joined(job: Job) -> None:
     user = await resolve_role(job)
     room, _ = await ensure_room(job)
     grant = await (await job.provider()).join(job.lesson, room, user)
-    await job.emit("join.ready", {"user_id": user.id, "role": grant.role, "join_url": grant.join_url,
-                                  "token": grant.token, "expires_at": iso(grant.expires_at)})
+    await job.emit(WebhookType.JOIN_READY, {"user_id": user.id, "role": grant.role, "join_url": grant.join_url,
+                                            "token": grant.token, "expires_at": iso(grant.expires_at)})
 
 
 async def user_left(job: Job) -> None:
@@ -227,7 +222,7 @@ async def user_removed(job: Job) -> None:
     room = await _require_room(job)
     user_id = job.event["user"]["id"]
     await (await job.provider()).kick(job.lesson, room, user_id, job.event["data"].get("participant_id"))
-    await job.emit("participant.kicked", {"user_id": user_id})
+    await job.emit(WebhookType.PARTICIPANT_KICKED, {"user_id": user_id})
 
 
 async def user_banned(job: Job) -> None:
@@ -239,7 +234,7 @@ async def user_banned(job: Job) -> None:
         await provider.ban_token(job.lesson, room, token)
     else:
         await provider.ban_user(job.lesson, room, user_id)
-    await job.emit("participant.banned", {"user_id": user_id})
+    await job.emit(WebhookType.PARTICIPANT_BANNED, {"user_id": user_id})
 
 
 async def call_dial_out(job: Job) -> None:
@@ -250,14 +245,14 @@ async def call_dial_out(job: Job) -> None:
     if dialed not in await job.state():
         await (await job.provider()).dial_out(job.lesson, room, phone)
         await job.save(**{dialed: phone})
-    await job.emit("call.dialing", {"phone": phone})
+    await job.emit(WebhookType.CALL_DIALING, {"phone": phone})
 
 
 async def call_hang_up(job: Job) -> None:
     room = await _require_room(job)
     phone = job.event["data"]["phone"]
     await (await job.provider()).hang_up(job.lesson, room, phone)
-    await job.emit("call.hung_up", {"phone": phone})
+    await job.emit(WebhookType.CALL_HUNG_UP, {"phone": phone})
 
 
 async def role_changed(job: Job) -> None:

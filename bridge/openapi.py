@@ -11,25 +11,21 @@ from __future__ import annotations
 
 import hmac
 import re
+from functools import cache
 from importlib import metadata
 from typing import Any
 
+from pydantic.json_schema import models_json_schema
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from bridge.config import Settings, SourceConfig
-from bridge.sources.canonical import EVENT_TYPES, MAX_ID_LENGTH
+from bridge.schema.events import CANONICAL, MAX_TEXT, CallEvent, LessonEvent, UserEvent
+from bridge.schema.webhooks import WEBHOOK_DATA, WebhookType, payload_schema
 
 Schema = dict[str, Any]
 
-OUTBOUND_TYPES = (
-    "room.created", "room.updated", "room.deleted", "room.ended", "join.ready", "participant.kicked",
-    "participant.banned", "recording.started", "recording.completed", "recording.failed", "call.dialing",
-    "call.hung_up", "event.failed",
-)
-USER_TYPES = ("user.joined", "user.left", "user.removed", "user.banned")
-CALL_TYPES = ("call.dial_out", "call.hang_up")
-MAX_TEXT = 1000
+SCHEMA_REF = "#/components/schemas/{model}"
 SAFE_NAME = re.compile(r"[A-Za-z0-9._~-]+")
 MAX_UNIX_TIME = 253402300799          # 9999-12-31T23:59:59Z, the last second Python's datetime holds
 
@@ -61,13 +57,7 @@ def _ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-NON_EMPTY = {"type": "string", "pattern": r"\S", "maxLength": MAX_TEXT}
 TEXT = {"type": ["string", "null"], "maxLength": MAX_TEXT}
-TIME = {"type": ["string", "null"], "format": "date-time",
-        "description": "ISO 8601 with a time zone, e.g. `2026-11-22T10:00:00Z`."}
-ID = {"description": "A string, or an integer (normalised to its decimal string).",
-      "anyOf": [{"type": "string", "pattern": r"\S", "maxLength": MAX_ID_LENGTH},
-                {"type": "integer", "minimum": -(2**63), "maximum": 2**64 - 1}]}
 
 
 def _error_schema(status: int | None = None) -> Schema:
@@ -87,56 +77,30 @@ def _error_schema(status: int | None = None) -> Schema:
     }
 
 
-def canonical_event(providers: list[str] | None = None) -> Schema:
-    provider: Schema = {"type": ["string", "null"],
-                        "description": "A configured provider name; default: the source's provider."}
-    if providers:
-        provider["enum"] = [*providers, None]
-    return {
-        "type": "object",
-        "description": "A canonical event. Unknown properties are kept in the event log and otherwise ignored.",
-        "required": ["id", "type", "lesson"],
-        "properties": {
-            "id": {**ID, "description": "Unique per source: a repeat within the dedupe window is a duplicate."},
-            "type": {"type": "string", "enum": sorted(EVENT_TYPES)},
-            "occurred_at": {**TIME, "description": "When it happened (default: when received)."},
-            "lesson": {
-                "type": "object", "required": ["id"],
-                "properties": {
-                    "id": ID, "title": TEXT, "starts_at": TIME, "ends_at": TIME, "provider": provider,
-                    "record": {"type": "boolean", "default": False,
-                               "description": "Record the lesson when it starts (lesson.started)."},
-                },
-            },
-            "user": {
-                "type": ["object", "null"], "required": ["id"],
-                "properties": {
-                    "id": ID, "name": TEXT, "email": TEXT,
-                    "role": {**TEXT, "description": "teacher, moderator and admin are moderators; anything else "
-                                                    "(default student) is a guest."},
-                },
-            },
-            "data": {
-                "type": ["object", "null"],
-                "description": "Type-specific data: `phone` (call.*), `source_url` (recording.start), "
-                               "`recording_id` (recording.stop), `participant_id` (user.removed), `token`.",
-                "properties": {"phone": TEXT, "source_url": TEXT, "recording_id": TEXT, "participant_id": TEXT,
-                               "token": TEXT},
-            },
-        },
-        "allOf": [
-            {"if": {"required": ["type"], "properties": {"type": {"enum": list(USER_TYPES)}}},
-             "then": {"required": ["user"], "properties": {"user": {"type": "object"}}}},
-            {"if": {"required": ["type"], "properties": {"type": {"enum": list(CALL_TYPES)}}},
-             "then": {"required": ["data"],
-                      "properties": {"data": {"type": "object", "required": ["phone"],
-                                              "properties": {"phone": NON_EMPTY}}}}},
-        ],
+@cache
+def model_schemas() -> dict[str, Schema]:
+    """Component schemas generated from bridge.schema: the canonical event and every webhook's data."""
+    models = dict.fromkeys([LessonEvent, UserEvent, CallEvent, *WEBHOOK_DATA.values()])
+    _, generated = models_json_schema([(model, "validation") for model in models], ref_template=SCHEMA_REF)
+    schemas: dict[str, Schema] = generated["$defs"]
+    event = CANONICAL.json_schema(ref_template=SCHEMA_REF)
+    event.pop("$defs", None)
+    schemas["CanonicalEvent"] = {
+        **event, "description": "A canonical event. Unknown properties are kept in the event log and otherwise "
+                                "ignored; null counts as absent.",
         "examples": [{"id": "evt_01", "type": "user.joined", "occurred_at": "2026-11-22T10:00:00Z",
                       "lesson": {"id": "c12-l7", "title": "Algebra I"},
                       "user": {"id": "42", "name": "Ada Lovelace", "email": "ada@example.edu", "role": "teacher"},
-                      "data": {}}],
-    }
+                      "data": {}}]}
+    return schemas
+
+
+def canonical_event(providers: list[str] | None = None) -> Schema:
+    """The canonical event; with `providers`, `lesson.provider` must name one of them."""
+    if not providers:
+        return _ref("CanonicalEvent")
+    return {"allOf": [_ref("CanonicalEvent"), {"properties": {"lesson": {"properties": {"provider": {
+        "enum": providers, "description": "A configured provider name; default: the source's provider."}}}}}]}
 
 
 def moodle_event(token_required: bool) -> Schema:
@@ -183,7 +147,7 @@ WEBHOOK_PAYLOAD: Schema = {
     "type": "object", "required": ["type", "timestamp", "data"],
     "description": "An outbound webhook body (as delivered, Standard Webhooks signed).",
     "properties": {
-        "type": {"type": "string", "enum": list(OUTBOUND_TYPES)},
+        "type": {"type": "string", "enum": [str(webhook_type) for webhook_type in WebhookType]},
         "timestamp": {"type": "string", "format": "date-time"},
         "data": {
             "type": "object", "required": ["event_id", "source", "lesson_id", "provider"],
@@ -193,6 +157,20 @@ WEBHOOK_PAYLOAD: Schema = {
         },
     },
 }
+def outbound_webhooks() -> Schema:
+    """The OpenAPI 3.1 `webhooks` section: every outbound type, as the source's `webhook_url` receives it."""
+    return {str(webhook_type): {"post": {
+        "operationId": f"webhook_{webhook_type.value.replace('.', '_')}",
+        "summary": f"`{webhook_type}`, Standard Webhooks signed",
+        "tags": ["webhooks"],
+        "parameters": _signature_headers(True, OUTBOUND_HEADER_TEXT),
+        "requestBody": {"required": True, "content": _json(payload_schema(
+            webhook_type, _ref(WEBHOOK_DATA[webhook_type].__name__)))},
+        "responses": {"200": {"description": "Any 2xx acknowledges it. Other answers and timeouts are retried "
+                                             "(`[webhooks] retry_schedule`); 410 disables the endpoint."}},
+    }} for webhook_type in WebhookType}
+
+
 ANSWER: Schema = {
     "type": "object", "required": ["accepted", "duplicates", "ignored"], "additionalProperties": False,
     "properties": {
@@ -222,15 +200,22 @@ def _error(status: int, description: str | None = None, retry_after: bool = Fals
     return response
 
 
-def _signature_headers(required: bool) -> list[Schema]:
-    return [
-        {"name": "webhook-id", "in": "header", "required": required, "schema": {"type": "string"},
-         "description": "Standard Webhooks message id (when the source has a `signing_secret`)."},
-        {"name": "webhook-timestamp", "in": "header", "required": required, "schema": {"type": "string"},
-         "description": "Unix seconds; at most 5 minutes from the server's clock."},
-        {"name": "webhook-signature", "in": "header", "required": required, "schema": {"type": "string"},
-         "description": "`v1,<base64 HMAC-SHA256 of id.timestamp.body>`, several space-separated allowed."},
-    ]
+SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+INBOUND_HEADER_TEXT = (
+    "Standard Webhooks message id (when the source has a `signing_secret`).",
+    "Unix seconds; at most 5 minutes from the server's clock.",
+    "`v1,<base64 HMAC-SHA256 of id.timestamp.body>`, several space-separated allowed.",
+)
+OUTBOUND_HEADER_TEXT = (
+    "`msg_...`: the same for every attempt of the same logical webhook (dedupe on it).",
+    "Unix seconds of this attempt.",
+    "`v1,<base64 HMAC-SHA256 of id.timestamp.body>` per `webhook_secret` (several while rotating).",
+)
+
+
+def _signature_headers(required: bool, texts: tuple[str, str, str] = INBOUND_HEADER_TEXT) -> list[Schema]:
+    return [{"name": name, "in": "header", "required": required, "schema": {"type": "string"}, "description": text}
+            for name, text in zip(SIGNATURE_HEADERS, texts, strict=True)]
 
 
 WAIT = {"name": "wait", "in": "query", "required": False,
@@ -506,10 +491,11 @@ def document(settings: Settings, admin: bool = False) -> Schema:
                            "Standard Webhooks-signed callbacks.",
         },
         "paths": paths,
+        "webhooks": outbound_webhooks(),
         "components": {"schemas": {
             "Answer": ANSWER,
             "WebhookPayload": WEBHOOK_PAYLOAD,
-            "CanonicalEvent": canonical_event(),
+            **model_schemas(),
             "MoodleEvent": moodle_event(False),
             "Error": _error_schema(),
             "ErrorReadyz": {**_error_schema(), "properties": {"error": {

@@ -40,6 +40,7 @@ from bridge.recording import (
     stop_all,
 )
 from bridge.redis_link import LINK, REDIS_AWAY
+from bridge.schema.webhooks import WebhookType
 from bridge.store import ACTIVE_RECORDINGS, recording_key, recording_lease_key, recording_stop_key
 
 log = structlog.get_logger("bridge.recorder")
@@ -216,11 +217,11 @@ async def recording_start(job: Job) -> None:
         data = {"recording_id": recording_id, "file": str(final.file), "bytes": final.bytes,
                 "duration_s": final.duration_s, "container": final.container, "sha256": final.sha256,
                 "parts": final.parts, "reason": str(result.reason)}
-        await LINK.retrying(rt.redis, lambda: job.emit("recording.completed", data))
+        await LINK.retrying(rt.redis, lambda: job.emit(WebhookType.RECORDING_COMPLETED, data))
     else:
         data = {"recording_id": recording_id, "reason": final.reason or str(result.reason),
                 "detail": result.detail, "ffmpeg_stderr": (final.stderr_tail or result.stderr_tail)[-20:]}
-        await LINK.retrying(rt.redis, lambda: job.emit("recording.failed", data))
+        await LINK.retrying(rt.redis, lambda: job.emit(WebhookType.RECORDING_FAILED, data))
 
 
 async def _announce(job: Job, recording_id: str, session: RecordingSession, source_url: str | None) -> str | None:
@@ -237,7 +238,7 @@ async def _announce(job: Job, recording_id: str, session: RecordingSession, sour
         if provider.supports(Capability.STREAM_OUT) and data.get("stream_out", True):
             room, _ = await ensure_room(job)
             stream_out_id = await provider.start_stream_out(job.lesson, room, session.push_url)
-    await job.emit("recording.started", {"recording_id": recording_id, "push_url": session.push_url,
+    await job.emit(WebhookType.RECORDING_STARTED, {"recording_id": recording_id, "push_url": session.push_url,
                                          "source_url": source_url, "part": session.part_index})
     await job.flush()                # the LMS hears of it now, not when the lesson ends
     return stream_out_id

@@ -29,6 +29,7 @@ from bridge import metrics
 from bridge.clock import utc_now_iso
 from bridge.config import Settings, SourceConfig
 from bridge.http_transport import OriginBusy
+from bridge.schema.webhooks import WebhookType
 from bridge.signing import sign
 from bridge.store import (
     DEAD_LETTERS,
@@ -91,7 +92,7 @@ def wants(source: SourceConfig, webhook_type: str) -> bool:
     return False
 
 
-async def emit(redis: ArqRedis, source: SourceConfig, ref: str, webhook_type: str, data: dict[str, Any],
+async def emit(redis: ArqRedis, source: SourceConfig, ref: str, webhook_type: WebhookType, data: dict[str, Any],
                discriminator: str = "") -> tuple[str, Outbound | None]:
     """Record the webhook an event produced. Safe to repeat.
 

@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 from bridge.app import create_app
 from bridge.config import load_settings
+from bridge.schema.webhooks import WebhookType
 from tests.conftest import MOODLE_TOKEN, default_config
 from tests.fakes.server import serve
 
@@ -165,3 +166,53 @@ async def test_edge_inputs_never_answer_500(bridge, client, source: str, body: A
     assert answer.status_code in (200, 202, 400), answer.text
     if answer.status_code == 400:
         assert answer.json()["error"]["code"] in ("invalid_json", "invalid_event")
+
+
+def _payload_validator(document: dict[str, Any], webhook_type: str) -> Any:
+    """The webhook's documented body schema, its `$ref`s resolved within the document."""
+    pointer = f"#/webhooks/{webhook_type}/post/requestBody/content/application~1json/schema"
+    return jsonschema_rs.validator_for({**document, "$schema": "https://json-schema.org/draft/2020-12/schema",
+                                        "$ref": pointer})
+
+
+async def test_every_outbound_type_is_in_the_webhooks_section(bridge, client) -> None:
+    document = (await client.get(f"{bridge.base_url}/openapi.json")).json()
+    assert set(document["webhooks"]) == {str(webhook_type) for webhook_type in WebhookType}
+    for webhook_type, item in document["webhooks"].items():
+        body = item["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert body["properties"]["type"] == {"const": webhook_type}
+        data = body["properties"]["data"]["$ref"].rsplit("/", 1)[1]
+        assert set(document["components"]["schemas"][data]["required"]) >= {"event_id", "source", "lesson_id",
+                                                                            "provider"}
+
+
+SANDBOX_STORY = [   # every event type the sandbox provider acts on, and the webhook each one produces
+    ({"type": "lesson.scheduled", "lesson": {"id": "l1", "title": "Algebra"}}, "room.created"),
+    ({"type": "lesson.updated", "lesson": {"id": "l1", "title": "Algebra II"}}, "room.updated"),
+    ({"type": "lesson.started", "lesson": {"id": "l1"}}, "room.updated"),
+    ({"type": "user.joined", "lesson": {"id": "l1"}, "user": {"id": 7, "role": "teacher"}}, "join.ready"),
+    ({"type": "user.removed", "lesson": {"id": "l1"}, "user": {"id": "7"}}, "participant.kicked"),
+    ({"type": "user.banned", "lesson": {"id": "l1"}, "user": {"id": "7"}}, "participant.banned"),
+    ({"type": "call.dial_out", "lesson": {"id": "l1"}, "data": {"phone": "+15550100"}}, "call.dialing"),
+    ({"type": "call.hang_up", "lesson": {"id": "l1"}, "data": {"phone": "+15550100"}}, "call.hung_up"),
+    ({"type": "recording.stop", "lesson": {"id": "l1"}}, "event.failed"),
+    ({"type": "lesson.ended", "lesson": {"id": "l1"}}, "room.ended"),
+    ({"type": "lesson.cancelled", "lesson": {"id": "l1"}}, "room.deleted"),
+]
+
+
+async def test_real_emitted_payloads_validate_against_their_documented_schemas(make_bridge, client) -> None:
+    bridge = make_bridge()
+    bridge.start_worker()
+    document = (await client.get(f"{bridge.base_url}/openapi.json")).json()
+    for number, (event, expected) in enumerate(SANDBOX_STORY):
+        answer = await client.post(f"{bridge.base_url}/v1/events/default?wait=10", json={"id": f"e{number}", **event})
+        assert answer.status_code == 200, answer.text
+        (payload,) = answer.json()["webhooks"]
+        assert payload["type"] == expected
+        validator = _payload_validator(document, expected)
+        validator.validate(payload)
+        # Not vacuous: the same payload without a field its type requires is refused.
+        assert not validator.is_valid({**payload, "data": {k: v for k, v in payload["data"].items()
+                                                           if k != "event_id"}})
+        assert not validator.is_valid({**payload, "type": "room.gone"})

@@ -22,6 +22,7 @@ from bridge.clock import utc_now_iso
 from bridge.lifecycle import Job, Runtime
 from bridge.providers.base import ProviderError
 from bridge.redis_link import LINK, REDIS_AWAY
+from bridge.schema.webhooks import WebhookType
 from bridge.store import job_runs_key
 from bridge.webhooks import deliver
 
@@ -126,7 +127,8 @@ def event_job(function: str, deadline_s: float,
                 log.warning("job.retry", code=error.code, ms=ms)
                 raise Retry(defer=retry_delay(rt.settings.job_retry_base_s, job_try, error.retry_after))
             if job is not None:
-                await job.emit("event.failed", {"job": function, "error": outcome["error"]}, discriminator=function)
+                await job.emit(WebhookType.EVENT_FAILED, {"job": function, "error": outcome["error"]},
+                               discriminator=function)
         await _record(rt, ref, function, outcome)
         if job is not None:
             await job.flush()       # after the outcome is recorded: ?wait answers without waiting for the LMS

@@ -7,7 +7,6 @@ and derive names and ids from the lesson, never from the clock or a random sourc
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,7 +15,9 @@ from typing import Any, ClassVar
 
 import httpx
 
-MODERATOR_ROLES = frozenset({"teacher", "moderator", "admin"})
+# Declared once in bridge.schema (the canonical event carries the same lesson and user); adapters import them here.
+from bridge.schema.events import MODERATOR_ROLES as MODERATOR_ROLES
+from bridge.schema.events import Lesson, User
 
 
 class Capability(StrEnum):
@@ -30,33 +31,6 @@ class Capability(StrEnum):
     HANG_UP = "hang_up"
     RECORDING = "recording"      # provider-side recording
     STREAM_OUT = "stream_out"    # push the room's media to a URL (for the bridge's own FFmpeg recorder)
-
-
-@dataclass(frozen=True)
-class Lesson:
-    id: str
-    title: str = ""
-    starts_at: datetime | None = None
-    ends_at: datetime | None = None
-    record: bool = False
-
-    @property
-    def room_name(self) -> str:
-        """Stable across retries: derived from the lesson id only (contract)."""
-        return re.sub(r"[^A-Za-z0-9_-]", "-", self.id)
-
-
-@dataclass(frozen=True)
-class User:
-    id: str
-    name: str = ""
-    email: str = ""
-    role: str = "student"
-    avatar: str = ""
-
-    @property
-    def is_moderator(self) -> bool:
-        return self.role in MODERATOR_ROLES
 
 
 @dataclass
