@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 
 from arq.worker import Worker
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import WatchError
 
 from bridge.redis_link import LINK, REDIS_AWAY
 
@@ -34,6 +36,11 @@ class ResilientWorker(Worker):
             except REDIS_AWAY:
                 self._release_sem_dec_counter_on_complete()
                 raise
+            except WatchError as exc:
+                # redis-py reports a connection lost while a WATCH is on as WatchError; arq catches it
+                # only around EXEC, not around the EXISTS and ZSCORE it sends while watching.
+                self._release_sem_dec_counter_on_complete()
+                raise RedisConnectionError(str(exc)) from exc
 
     async def run_job(self, job_id: str, score: int) -> None:
         try:
