@@ -36,9 +36,6 @@ class Signer:
         self._admin_token: str | None = None
         self._admin_expires = 0.0
 
-    def __repr__(self) -> str:
-        return f"<Signer kid={self.kid!r}>"
-
     def sign(self, claims: dict[str, Any]) -> str:
         return jwt.encode(claims, self._key, algorithm="RS256", headers=self._headers)
 

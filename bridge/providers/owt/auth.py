@@ -24,9 +24,6 @@ class MAuth:
         self._key = service_key.encode()
         self._last_ts = 0
 
-    def __repr__(self) -> str:
-        return f"<MAuth service_id={self.service_id!r}>"
-
     def _timestamp_ms(self) -> int:
         """Milliseconds, strictly increasing in this process (old servers refuse a repeated timestamp)."""
         now = int(time.time() * 1000)

@@ -26,7 +26,7 @@ class SandboxProvider(Provider):
 
     def __init__(self, name: str, settings: SandboxSettings, http: httpx.AsyncClient) -> None:
         super().__init__(name, settings, http)
-        self._secret = settings.secret
+        self._secret = settings.secret.get_secret_value()
         self._join_base = settings.join_base
         self._token_ttl = timedelta(seconds=settings.token_ttl_s)
         self._delay_s = settings.delay_s
