@@ -32,9 +32,8 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from bridge.providers import build_provider
 from bridge.providers.base import Lesson, Room, User
-from bridge.providers.hms import HmsProvider
-from bridge.providers.jaas import JaasProvider
 
 OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 MAX_SECONDS = 60.0
@@ -57,7 +56,7 @@ async def _jaas_join_rate(seconds: float) -> tuple[float, float]:
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption()).decode()
     async with httpx.AsyncClient() as http:
-        provider = JaasProvider("bench", {"app_id": "vpaas-magic-cookie-bench", "key_id": "bench",
+        provider = build_provider("bench", "jaas", {"app_id": "vpaas-magic-cookie-bench", "key_id": "bench",
                                           "private_key": pem, "api_base": "http://127.0.0.1:9"}, http)
         lesson = Lesson(id="bench:lesson:1", title="Bench")
         room = Room(id=lesson.room_name, name=lesson.room_name)
@@ -118,7 +117,7 @@ HMS_SETTINGS = {"access_key": "bench-access-key", "app_secret": "bench-app-secre
 
 async def _hms_run(seconds: float) -> float:
     async with httpx.AsyncClient() as http:
-        provider = HmsProvider("bench", HMS_SETTINGS, http)
+        provider = build_provider("bench", "100ms", HMS_SETTINGS, http)
         lesson = Lesson(id="bench:lesson:1", title="Bench")
         room = Room(id="6571b1f1e3b6c2a5b1f0c0de", name=lesson.room_name)
         users = [User(id=str(n), name=f"User {n}", role="teacher" if n % 10 == 0 else "student")

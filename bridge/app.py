@@ -24,7 +24,8 @@ from bridge.admin import admin_routes
 from bridge.config import Settings
 from bridge.errors import ApiError, error_response
 from bridge.intake import AcceptBatcher, DurableAccept, receive
-from bridge.providers.sandbox import SandboxProvider
+from bridge.providers.sandbox.adapter import SandboxProvider
+from bridge.providers.sandbox.settings import SandboxSettings
 from bridge.responses import JSONResponse
 from bridge.store import ACCEPT_SCRIPT, WEB_CLIENT_NAME, WORKER_QUEUE, health_check_key, redis_client
 
@@ -105,7 +106,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
         return JSONResponse({"status": "ready"})
 
     # Built once: the providers that sign sandbox join links, whose page is /sandbox/{room}.
-    sandboxes = [SandboxProvider(cfg.name, cfg.settings, None)  # type: ignore[arg-type]   # no HTTP to make
+    sandboxes = [SandboxProvider(cfg.name, SandboxSettings.parse(cfg.settings), None)  # type: ignore[arg-type]
                  for cfg in settings.providers.values() if cfg.kind == "sandbox"]
 
     async def sandbox_room(request: Request) -> Response:

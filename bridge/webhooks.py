@@ -29,6 +29,7 @@ from bridge import metrics
 from bridge.clock import utc_now_iso
 from bridge.config import Settings, SourceConfig
 from bridge.http_transport import OriginBusy
+from bridge.providers.base import retry_after_seconds
 from bridge.schema.webhooks import WebhookType
 from bridge.signing import sign
 from bridge.store import (
@@ -181,16 +182,6 @@ def next_delay(schedule: tuple[float, ...], attempt: int, retry_after: float | N
     return delay
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    header = response.headers.get("retry-after")
-    if not header:
-        return None
-    try:
-        return max(0.0, float(header))
-    except ValueError:
-        return None
-
-
 async def attempt(transport: httpx.AsyncBaseTransport, settings: Settings, source: SourceConfig, msg_id: str,
                   payload: bytes) -> tuple[AttemptResult, str, float]:
     """One signed POST, straight through the transport: no cookie jar carrying an LMS's session cookie
@@ -226,7 +217,8 @@ async def attempt(transport: httpx.AsyncBaseTransport, settings: Settings, sourc
     answer = response.text[:ANSWER_LOG_BYTES]
     ok = 200 <= response.status_code < 300
     result = AttemptResult(response.status_code, None if ok else f"HTTP {response.status_code}",
-                           _retry_after(response) if response.status_code in (429, 503) else None)
+                           retry_after_seconds(response.headers.get("retry-after"))
+                           if response.status_code in (429, 503) else None)
     return result, answer, time.perf_counter() - started
 
 

@@ -17,8 +17,8 @@ from bridge.http_transport import ConnectionPerRequestTransport
 from bridge.lifecycle import Job, Runtime, call_dial_out
 from bridge.providers import build_provider
 from tests.conftest import WEBHOOK_SECRET, wait_until, write_config
-from tests.fakes.jaas_sim import JaasSim
 from tests.fakes.server import serve
+from tests.providers.jaas.sim import JaasSim
 
 APP_ID = "vpaas-magic-cookie-0123456789abcdef"
 

@@ -16,8 +16,8 @@ from standardwebhooks.webhooks import Webhook
 
 from bridge.store import attempts_key, delivery_key, endpoint_disabled_key, job_runs_key
 from tests.conftest import MOODLE_TOKEN, WEBHOOK_SECRET, wait_until, write_config
-from tests.fakes.owt_sim import OwtSim
 from tests.fakes.server import serve
+from tests.providers.owt.sim import OwtSim
 from tests.test_intake import moodle_fixture
 
 SERVICE_ID = "5f0c1a2b3c4d5e6f7a8b9c0d"

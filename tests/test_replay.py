@@ -23,8 +23,8 @@ from bridge.routing import event_ref
 from bridge.sources.canonical import iso
 from bridge.store import EVENT_LOG, WORKER_QUEUE, job_runs_key, replays_key, seen_key
 from tests.conftest import WEBHOOK_SECRET, Bridge, wait_until, write_config
-from tests.fakes.owt_sim import OwtSim
 from tests.fakes.server import serve
+from tests.providers.owt.sim import OwtSim
 from tests.test_intake import moodle_fixture
 
 OWT_SERVICE_ID = "5f0c1a2b3c4d5e6f7a8b9c0d"

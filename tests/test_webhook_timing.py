@@ -8,6 +8,8 @@ import random
 import signal
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from arq.constants import in_progress_key_prefix
 from bridge.config import Settings, load_settings
 from bridge.embedded import EmbeddedRedis
 from bridge.http_transport import ConnectionPerRequestTransport
+from bridge.providers.base import RETRY_AFTER_MAX_S
 from bridge.store import WORKER_QUEUE, delivery_key, worker_redis
 from bridge.webhooks import deliver, emit, next_delay, webhook_id
 from tests.conftest import default_config, wait_until, worker_ready
@@ -81,6 +84,20 @@ async def test_retry_after_defers_the_next_attempt(status, reason, tmp_path, red
     assert (await redis.hget(delivery_key(msg_id), "status")) == b"failed"
     job_due, next_at = await scheduled_in(redis, msg_id)
     assert 59 <= job_due <= 61 and 59 <= next_at <= 61
+
+
+async def test_an_http_date_retry_after_counts_and_a_huge_one_is_capped(tmp_path, redis_server, redis, arq_redis,
+                                                                       transport) -> None:
+    """One Retry-After parser for providers and webhooks: an HTTP date counts, and no receiver parks a
+    delivery for longer than RETRY_AFTER_MAX_S however long it asks."""
+    in_90_s = format_datetime(datetime.now(UTC) + timedelta(seconds=90), usegmt=True)
+    for header, low, high in ((in_90_s, 87, 91), (str(365 * 86400), RETRY_AFTER_MAX_S - 2, RETRY_AFTER_MAX_S + 1)):
+        await redis.flushall()
+        async with raw_http_server(answer(503, "Service Unavailable", header)) as (_server, port):
+            settings = settings_for(tmp_path, redis_server, f"http://127.0.0.1:{port}/hook")
+            msg_id = await first_attempt(arq_redis, transport, settings)
+        job_due, next_at = await scheduled_in(redis, msg_id)
+        assert low <= job_due <= high and low <= next_at <= high, header
 
 
 async def test_without_retry_after_or_on_other_statuses_the_schedule_decides(tmp_path, redis_server, redis,

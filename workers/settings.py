@@ -15,6 +15,7 @@ from bridge.http_transport import ConnectionPerRequestTransport
 from bridge.lifecycle import Runtime
 from bridge.processes import tune_gc_for_service
 from bridge.providers import build_provider
+from bridge.providers.base import PROVIDER_DEADLINE_S
 from bridge.recorder import reclaim_loop, recorder_config
 from bridge.routing import JOBS_BY_TYPE
 from bridge.store import RECORDER_QUEUE, WORKER_QUEUE, deserialize_arq, serialize_arq, worker_redis
@@ -23,7 +24,6 @@ from workers.jobs import MAX_TRIES, deliver_webhook, event_job, rides_out_redis
 RECORDER_GRACE_S = 300      # joining parts and probing after the longest recording
 DRAIN_S = 20                 # on SIGTERM, in-flight jobs get this long; platforms kill at 30 s
 HEALTH_CHECK_S = 10
-PROVIDER_DEADLINE_S = 20     # a whole provider exchange; a hanging provider API frees its job slot by then
 
 
 RECORDER_TRIES = 100         # a recording is handed back at every recorder restart (deploys, scaling)

@@ -1,4 +1,5 @@
-"""Provider registry: `kind` in config → adapter class. Adding a provider is one line here."""
+"""Provider registry: `kind` in config → adapter class. Adding a provider is one package
+(bridge/providers/<kind>/) and one line here."""
 
 from __future__ import annotations
 
@@ -8,15 +9,15 @@ from typing import Any
 
 import httpx
 
-from bridge.providers.base import Provider
+from bridge.providers.base import Provider, ProviderSettings
 
 KINDS: dict[str, str] = {
-    "sandbox": "bridge.providers.sandbox:SandboxProvider",
-    "jaas": "bridge.providers.jaas:JaasProvider",
-    "owt": "bridge.providers.owt:OwtProvider",
-    "100ms": "bridge.providers.hms:HmsProvider",
-    "openmeetings": "bridge.providers.openmeetings:OpenMeetingsProvider",
-    "blendvision": "bridge.providers.blendvision:BlendVisionProvider",
+    "sandbox": "bridge.providers.sandbox.adapter:SandboxProvider",
+    "jaas": "bridge.providers.jaas.adapter:JaasProvider",
+    "owt": "bridge.providers.owt.adapter:OwtProvider",
+    "100ms": "bridge.providers.hms.adapter:HmsProvider",
+    "openmeetings": "bridge.providers.openmeetings.adapter:OpenMeetingsProvider",
+    "blendvision": "bridge.providers.blendvision.adapter:BlendVisionProvider",
 }
 
 
@@ -25,5 +26,11 @@ def provider_class(kind: str) -> type[Provider]:
     return getattr(importlib.import_module(module_name), class_name)
 
 
+def settings_model(kind: str) -> type[ProviderSettings]:
+    """The declared settings of a kind: `settings_model(kind).parse(table)` checks a provider table."""
+    return provider_class(kind).settings_model
+
+
 def build_provider(name: str, kind: str, settings: Mapping[str, Any], http: httpx.AsyncClient) -> Provider:
-    return provider_class(kind)(name, settings, http)
+    """The adapter for `[providers.<name>]`; raises SettingsError (`<key>: <problem>`) for a bad table."""
+    return provider_class(kind)(name, settings_model(kind).parse(settings), http)

@@ -14,8 +14,8 @@ from bridge.recording import RecordingPaths, probe
 from bridge.recording.ffmpeg import FFmpegBinaries
 from bridge.store import recording_key
 from tests.conftest import default_config, wait_until
-from tests.fakes.owt_sim import OwtSim
 from tests.fakes.server import serve
+from tests.providers.owt.sim import OwtSim
 from tests.recording.conftest import CUT_TOLERANCE_S, FPS, GOP_S, SOURCE_SECONDS, choice, ffmpeg_pids, running
 
 LESSON = {"id": "c12-l7", "title": "Algebra I"}

@@ -11,9 +11,10 @@ import pytest
 
 from bridge.providers import build_provider
 from bridge.providers.base import Capability, Lesson, ProviderError, SettingsError, Unsupported, User
-from bridge.providers.hms import HmsProvider, validate_role
-from tests.fakes.hms_sim import HmsSim
+from bridge.providers.hms.adapter import HmsProvider
+from bridge.providers.hms.wire import validate_role
 from tests.fakes.server import Loopback, free_port
+from tests.providers.hms.sim import HmsSim
 
 SECRET = "hms-app-secret-for-tests-0123456789abcdef"
 LESSON = Lesson(id="moodle:lms.example.edu:77", title="Algebra I")
@@ -33,7 +34,7 @@ def settings(base_url: str, **extra: object) -> dict[str, object]:
 
 @pytest.fixture
 def provider(base_url: str, sim: HmsSim, http: httpx.AsyncClient) -> HmsProvider:
-    return HmsProvider("hms", settings(base_url), http)
+    return build_provider("hms", "100ms", settings(base_url), http)
 
 
 # ---- success paths -----------------------------------------------------------------------------
@@ -61,7 +62,7 @@ async def test_create_room_twice_is_one_room_and_one_provisioning(
     assert sim.calls_to("/policy/v1/templates", "GET") == 1      # lazily once per process
     assert sim.calls_to("/policy/v1/templates", "POST") == 1
     # Another process finds the template by name and leaves it alone.
-    other = HmsProvider("hms", settings(base_url), http)
+    other = build_provider("hms", "100ms", settings(base_url), http)
     assert (await other.create_room(LESSON)).id == first.id
     assert sim.calls_to("/policy/v1/templates", "POST") == 1
     assert len(sim.templates) == 1 and len(sim.rooms) == 1
@@ -82,7 +83,7 @@ async def test_configured_template_id_is_used_untouched(
         base_url: str, sim: HmsSim, http: httpx.AsyncClient) -> None:
     sim.templates["ops"] = {"id": "ops", "name": "ops-managed", "default": False, "settings": {},
                             "roles": {"teacher": {}, "student": {}}}
-    provider = HmsProvider("hms", settings(base_url, template_id="ops"), http)
+    provider = build_provider("hms", "100ms", settings(base_url, template_id="ops"), http)
     room = await provider.create_room(LESSON)
     assert sim.rooms[room.id]["template_id"] == "ops"
     assert sim.calls_to("/policy/") == 0
@@ -96,7 +97,7 @@ async def test_management_token_is_reused_until_near_expiry(provider: HmsProvide
     assert claims["type"] == "management" and claims["version"] == 2
     assert claims["access_key"] == "hms-access-key"
     assert claims["nbf"] <= time.time() < claims["exp"]
-    provider._mgmt_expires = time.time() + 10      # about to expire: the next call mints a new one
+    provider._management._expires = time.time() + 10      # about to expire: the next call mints a new one
     await provider.create_room(LESSON)
     assert len(sim.management_jtis) == 2
 
@@ -124,7 +125,7 @@ async def test_join_mints_verifiable_app_tokens(provider: HmsProvider, sim: HmsS
 
 async def test_join_url_template_and_role_names_are_configurable(
         base_url: str, sim: HmsSim, http: httpx.AsyncClient) -> None:
-    provider = HmsProvider("hms", settings(base_url, teacher_role="host", student_role="guest",
+    provider = build_provider("hms", "100ms", settings(base_url, teacher_role="host", student_role="guest",
                                            token_ttl_s=600,
                                            join_url_template="{join_base}/{room_name}/{role}?auth={token}"), http)
     room = await provider.create_room(LESSON)
@@ -180,7 +181,8 @@ async def test_kick_removes_every_peer_of_that_user_only(provider: HmsProvider, 
 # ---- errors ------------------------------------------------------------------------------------
 
 async def test_wrong_secret_is_a_permanent_auth_error(base_url: str, sim: HmsSim, http: httpx.AsyncClient) -> None:
-    provider = HmsProvider("hms", settings(base_url, app_secret="not-the-secret-0123456789abcdef-xyz"), http)
+    provider = build_provider("hms", "100ms", settings(base_url, app_secret="not-the-secret-0123456789abcdef-xyz"),
+                              http)
     with pytest.raises(ProviderError) as info:
         await provider.create_room(LESSON)
     err = info.value
@@ -190,7 +192,7 @@ async def test_wrong_secret_is_a_permanent_auth_error(base_url: str, sim: HmsSim
 
 
 async def test_wrong_access_key_is_rejected(base_url: str, sim: HmsSim, http: httpx.AsyncClient) -> None:
-    provider = HmsProvider("hms", settings(base_url, access_key="someone-else"), http)
+    provider = build_provider("hms", "100ms", settings(base_url, access_key="someone-else"), http)
     with pytest.raises(ProviderError) as info:
         await provider.create_room(LESSON)
     assert info.value.status == 401 and not info.value.retryable
@@ -226,7 +228,7 @@ async def test_4xx_is_permanent_with_provider_code_and_message(provider: HmsProv
 
 async def test_connection_refused_is_retryable(sim: HmsSim, http: httpx.AsyncClient) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    provider = HmsProvider("hms", settings(dead), http)
+    provider = build_provider("hms", "100ms", settings(dead), http)
     with pytest.raises(ProviderError) as info:
         await provider.create_room(LESSON)
     assert info.value.retryable and info.value.code == "ConnectError"
@@ -235,7 +237,7 @@ async def test_connection_refused_is_retryable(sim: HmsSim, http: httpx.AsyncCli
 async def test_timeout_is_retryable(base_url: str, sim: HmsSim) -> None:
     sim.inject(None, delay=0.6)
     async with httpx.AsyncClient(timeout=httpx.Timeout(0.2)) as client:
-        provider = HmsProvider("hms", settings(base_url), client)
+        provider = build_provider("hms", "100ms", settings(base_url), client)
         with pytest.raises(ProviderError) as info:
             await provider.create_room(LESSON)
     assert info.value.retryable and "Timeout" in info.value.code
@@ -257,14 +259,14 @@ async def test_settings_errors_name_the_key_never_the_secret(base_url: str, http
         bad = settings(base_url)
         del bad[key]
         with pytest.raises(SettingsError) as info:
-            HmsProvider("hms", bad, http)
+            build_provider("hms", "100ms", bad, http)
         assert info.value.key == key
     for key, value in (("api_base", "ftp://nope"), ("token_ttl_s", "soon"), ("join_url_template", "{nope}"),
                        ("region", "mars"), ("template", "bad name!"), ("student_role", "teacher")):
         with pytest.raises(SettingsError) as info:
-            HmsProvider("hms", settings(base_url, **{key: value}), http)
+            build_provider("hms", "100ms", settings(base_url, **{key: value}), http)
         assert info.value.key == key and SECRET not in str(info.value)
-    provider = HmsProvider("hms", settings(base_url), http)
+    provider = build_provider("hms", "100ms", settings(base_url), http)
     assert SECRET not in repr(provider) and SECRET not in str(vars(provider).get("name"))
 
 
@@ -284,7 +286,7 @@ async def test_settings_errors_name_the_key_never_the_secret(base_url: str, http
 async def test_out_of_range_role_params_are_refused_at_start(
         base_url: str, http: httpx.AsyncClient, override: dict, field: str) -> None:
     with pytest.raises(SettingsError) as info:
-        HmsProvider("hms", settings(base_url, roles=override), http)
+        build_provider("hms", "100ms", settings(base_url, roles=override), http)
     assert info.value.key == field
 
 
@@ -299,7 +301,7 @@ def test_validate_role_is_a_permanent_error_naming_the_field() -> None:
 
 
 async def test_valid_role_overrides_reach_the_template(base_url: str, sim: HmsSim, http: httpx.AsyncClient) -> None:
-    provider = HmsProvider("hms", settings(base_url, region="eu", roles={
+    provider = build_provider("hms", "100ms", settings(base_url, region="eu", roles={
         "student": {"publishParams": {"video": {"bitRate": 400, "width": 640, "height": 360}}}}), http)
     await provider.create_room(LESSON)
     template = next(iter(sim.templates.values()))
@@ -312,9 +314,9 @@ async def test_valid_role_overrides_reach_the_template(base_url: str, sim: HmsSi
 async def test_unsupported_operations(provider: HmsProvider) -> None:
     room = await provider.create_room(LESSON)
     assert provider.supports(Capability.KICK) and provider.supports(Capability.END_ROOM)
-    for cap in (Capability.RECORDING, Capability.BAN_USER, Capability.DIAL_OUT, Capability.STREAM_OUT):
+    for cap in (Capability.BAN_USER, Capability.DIAL_OUT, Capability.STREAM_OUT):
         assert not provider.supports(cap)
-    for call in (provider.start_recording(LESSON, room), provider.ban_user(LESSON, room, "7"),
+    for call in (provider.ban_user(LESSON, room, "7"),
                  provider.dial_out(LESSON, room, "+100"), provider.start_stream_out(LESSON, room, "rtmp://x")):
         with pytest.raises(Unsupported) as info:
             await call

@@ -11,9 +11,9 @@ import pytest
 
 from bridge.providers import build_provider
 from bridge.providers.base import Capability, Lesson, ProviderError, SettingsError, Unsupported, User
-from bridge.providers.openmeetings import OpenMeetingsProvider
-from tests.fakes.openmeetings_sim import OpenMeetingsSim
+from bridge.providers.openmeetings.adapter import OpenMeetingsProvider
 from tests.fakes.server import Loopback, free_port
+from tests.providers.openmeetings.sim import OpenMeetingsSim
 
 PASSWORD = "!HansHans1-for-tests"
 LESSON = Lesson(id="moodle:lms.example.edu:77", title="Algebra I")
@@ -37,7 +37,7 @@ def settings(base_url: str, **extra: object) -> dict[str, object]:
 
 @pytest.fixture
 def provider(base_url: str, sim: OpenMeetingsSim, http: httpx.AsyncClient) -> OpenMeetingsProvider:
-    return OpenMeetingsProvider("om", settings(base_url), http)
+    return build_provider("om", "openmeetings", settings(base_url), http)
 
 
 # ---- success paths -----------------------------------------------------------------------------
@@ -86,7 +86,7 @@ async def test_join_gives_a_hash_url_with_the_moderator_flag(provider: OpenMeeti
 
 async def test_moderator_mapping_and_language_are_configurable(base_url: str, sim: OpenMeetingsSim,
                                                                http: httpx.AsyncClient) -> None:
-    provider = OpenMeetingsProvider("om", settings(base_url, moderator_roles=["teacher", "ta"], language=4,
+    provider = build_provider("om", "openmeetings", settings(base_url, moderator_roles=["teacher", "ta"], language=4,
                                                    show_audio_video_test=False), http)
     room = await provider.create_room(LESSON)
     grant = await provider.join(LESSON, room, User(id="9", name="Tia", role="ta"))
@@ -162,7 +162,7 @@ async def test_wrong_password_is_a_permanent_auth_error(base_url: str, sim: Open
                                                         http: httpx.AsyncClient,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    provider = OpenMeetingsProvider("om", settings(base_url, password="wrong-password-xyz"), http)
+    provider = build_provider("om", "openmeetings", settings(base_url, password="wrong-password-xyz"), http)
     with pytest.raises(ProviderError) as info:
         await provider.create_room(LESSON)
     err = info.value
@@ -230,7 +230,7 @@ async def test_4xx_is_permanent(provider: OpenMeetingsProvider, sim: OpenMeeting
 
 
 async def test_connection_refused_is_retryable(sim: OpenMeetingsSim, http: httpx.AsyncClient) -> None:
-    provider = OpenMeetingsProvider("om", settings(f"http://127.0.0.1:{free_port()}/openmeetings"), http)
+    provider = build_provider("om", "openmeetings", settings(f"http://127.0.0.1:{free_port()}/openmeetings"), http)
     with pytest.raises(ProviderError) as info:
         await provider.create_room(LESSON)
     assert info.value.retryable and info.value.code == "ConnectError"
@@ -240,7 +240,7 @@ async def test_connection_refused_is_retryable(sim: OpenMeetingsSim, http: httpx
 async def test_timeout_is_retryable(base_url: str, sim: OpenMeetingsSim) -> None:
     sim.inject(None, delay=0.6, path="/user/login")
     async with httpx.AsyncClient(timeout=httpx.Timeout(0.2)) as client:
-        provider = OpenMeetingsProvider("om", settings(base_url), client)
+        provider = build_provider("om", "openmeetings", settings(base_url), client)
         with pytest.raises(ProviderError) as info:
             await provider.create_room(LESSON)
     assert info.value.retryable and "Timeout" in info.value.code
@@ -253,22 +253,22 @@ async def test_settings_errors_name_the_key_never_the_secret(base_url: str, http
         bad = settings(base_url)
         del bad[key]
         with pytest.raises(SettingsError) as info:
-            OpenMeetingsProvider("om", bad, http)
+            build_provider("om", "openmeetings", bad, http)
         assert info.value.key == key
     for key, value in (("base_url", "om.example"), ("room_type", "PARTY"), ("room_capacity", 0),
                        ("moderator_roles", "teacher"), ("language", "fr"), ("show_audio_video_test", "yes")):
         with pytest.raises(SettingsError) as info:
-            OpenMeetingsProvider("om", {**settings(base_url), key: value}, http)
+            build_provider("om", "openmeetings", {**settings(base_url), key: value}, http)
         assert info.value.key == key and PASSWORD not in str(info.value)
-    assert PASSWORD not in repr(OpenMeetingsProvider("om", settings(base_url), http))
+    assert PASSWORD not in repr(build_provider("om", "openmeetings", settings(base_url), http))
 
 
 async def test_unsupported_operations(provider: OpenMeetingsProvider) -> None:
     room = await provider.create_room(LESSON)
-    for cap in (Capability.RECORDING, Capability.BAN_USER, Capability.DIAL_OUT, Capability.STREAM_OUT):
+    for cap in (Capability.BAN_USER, Capability.DIAL_OUT, Capability.STREAM_OUT):
         assert not provider.supports(cap)
     assert provider.supports(Capability.KICK)
-    for call in (provider.start_recording(LESSON, room), provider.ban_user(LESSON, room, "7"),
+    for call in (provider.ban_user(LESSON, room, "7"),
                  provider.hang_up(LESSON, room, "+100")):
         with pytest.raises(Unsupported):
             await call

@@ -10,9 +10,9 @@ import pytest
 
 from bridge.providers import build_provider
 from bridge.providers.base import Capability, Lesson, ProviderError, Room, SettingsError, Unsupported, User
-from bridge.providers.blendvision import BlendVisionProvider
-from tests.fakes.blendvision_sim import BlendVisionSim
+from bridge.providers.blendvision.adapter import BlendVisionProvider
 from tests.fakes.server import Loopback, free_port
+from tests.providers.blendvision.sim import BlendVisionSim
 
 API_TOKEN = "bv-api-token-for-tests"
 SIGNING = "bv-chatroom-signing-secret-0123456789"
@@ -32,7 +32,7 @@ def settings(base_url: str, **extra: object) -> dict[str, object]:
 
 @pytest.fixture
 def provider(base_url: str, sim: BlendVisionSim, http: httpx.AsyncClient) -> BlendVisionProvider:
-    return BlendVisionProvider("bv", settings(base_url), http)
+    return build_provider("bv", "blendvision", settings(base_url), http)
 
 
 def decode(token: str) -> dict:
@@ -49,7 +49,7 @@ async def test_create_room_twice_is_one_chatroom(provider: BlendVisionProvider, 
                                                  base_url: str, http: httpx.AsyncClient) -> None:
     first = await provider.create_room(LESSON)
     second = await provider.create_room(LESSON)
-    other_process = await BlendVisionProvider("bv", settings(base_url), http).create_room(LESSON)
+    other_process = await build_provider("bv", "blendvision", settings(base_url), http).create_room(LESSON)
     assert first.id == second.id == other_process.id and len(sim.chatrooms) == 1
     assert sim.chatrooms[first.id]["custom_counters"][0]["key"] == f"lesson-bridge:{LESSON.room_name}"
     assert first.name == LESSON.room_name
@@ -59,7 +59,7 @@ async def test_create_room_twice_is_one_chatroom(provider: BlendVisionProvider, 
 
 async def test_lookup_pages_through_many_chatrooms(base_url: str, sim: BlendVisionSim,
                                                    http: httpx.AsyncClient) -> None:
-    provider = BlendVisionProvider("bv", settings(base_url, page_size=2), http)
+    provider = build_provider("bv", "blendvision", settings(base_url, page_size=2), http)
     for n in range(5):
         await provider.create_room(Lesson(id=f"lesson-{n}"))
     again = await provider.create_room(Lesson(id="lesson-4"))
@@ -83,26 +83,13 @@ async def test_join_maps_roles_and_token_expiry(provider: BlendVisionProvider, s
 
 async def test_guest_role_and_join_url_are_configurable(base_url: str, sim: BlendVisionSim,
                                                         http: httpx.AsyncClient) -> None:
-    provider = BlendVisionProvider("bv", settings(base_url, guest_role="ROLE_GUEST",
+    provider = build_provider("bv", "blendvision", settings(base_url, guest_role="ROLE_GUEST",
                                                   join_url_template="https://lms.example/chat/{chatroom_id}"
                                                                     "?token={token}"), http)
     room = await provider.create_room(LESSON)
     grant = await provider.join(LESSON, room, STUDENT)
     assert grant.role == "ROLE_GUEST" and decode(grant.token)["role"] == "ROLE_GUEST"
     assert grant.join_url == f"https://lms.example/chat/{room.id}?token={grant.token}"
-
-
-async def test_refresh_token(provider: BlendVisionProvider, sim: BlendVisionSim) -> None:
-    room = await provider.create_room(LESSON)
-    grant, refresh, refresh_at = await provider.join_with_refresh(LESSON, room, TEACHER)
-    assert refresh and refresh_at is not None and refresh_at > grant.expires_at
-    token, expires_at = await provider.refresh_token(refresh)
-    claims = decode(token)
-    assert claims["role"] == "ROLE_ADMIN" and claims["sub"] == "42" and token != grant.token
-    assert expires_at > datetime.now(UTC)
-    with pytest.raises(ProviderError) as info:       # a used refresh token is refused: permanent
-        await provider.refresh_token(refresh)
-    assert not info.value.retryable and info.value.code == "16"
 
 
 async def test_update_room_changes_nothing(provider: BlendVisionProvider, sim: BlendVisionSim) -> None:
@@ -116,7 +103,7 @@ async def test_update_room_changes_nothing(provider: BlendVisionProvider, sim: B
 
 async def test_wrong_api_token_is_a_permanent_auth_error(base_url: str, sim: BlendVisionSim,
                                                          http: httpx.AsyncClient) -> None:
-    provider = BlendVisionProvider("bv", settings(base_url, api_token="stolen-token-xyz"), http)
+    provider = build_provider("bv", "blendvision", settings(base_url, api_token="stolen-token-xyz"), http)
     with pytest.raises(ProviderError) as info:
         await provider.create_room(LESSON)
     err = info.value
@@ -125,7 +112,7 @@ async def test_wrong_api_token_is_a_permanent_auth_error(base_url: str, sim: Ble
 
 
 async def test_wrong_org_is_a_permanent_error(base_url: str, sim: BlendVisionSim, http: httpx.AsyncClient) -> None:
-    provider = BlendVisionProvider("bv", settings(base_url, org_id="org-9999"), http)
+    provider = build_provider("bv", "blendvision", settings(base_url, org_id="org-9999"), http)
     with pytest.raises(ProviderError) as info:
         await provider.create_room(LESSON)
     assert not info.value.retryable and info.value.status == 403 and info.value.code == "7"
@@ -161,7 +148,7 @@ async def test_4xx_is_permanent_with_grpc_code_and_message(provider: BlendVision
 
 
 async def test_connection_refused_is_retryable(sim: BlendVisionSim, http: httpx.AsyncClient) -> None:
-    provider = BlendVisionProvider("bv", settings(f"http://127.0.0.1:{free_port()}"), http)
+    provider = build_provider("bv", "blendvision", settings(f"http://127.0.0.1:{free_port()}"), http)
     with pytest.raises(ProviderError) as info:
         await provider.create_room(LESSON)
     assert info.value.retryable and info.value.code == "ConnectError"
@@ -170,7 +157,7 @@ async def test_connection_refused_is_retryable(sim: BlendVisionSim, http: httpx.
 async def test_timeout_is_retryable(base_url: str, sim: BlendVisionSim) -> None:
     sim.inject(None, delay=0.6)
     async with httpx.AsyncClient(timeout=httpx.Timeout(0.2)) as client:
-        provider = BlendVisionProvider("bv", settings(base_url), client)
+        provider = build_provider("bv", "blendvision", settings(base_url), client)
         with pytest.raises(ProviderError) as info:
             await provider.create_room(LESSON)
     assert info.value.retryable and "Timeout" in info.value.code
@@ -183,14 +170,14 @@ async def test_settings_errors_name_the_key_never_the_secret(base_url: str, http
         bad = settings(base_url)
         del bad[key]
         with pytest.raises(SettingsError) as info:
-            BlendVisionProvider("bv", bad, http)
+            build_provider("bv", "blendvision", bad, http)
         assert info.value.key == key
     for key, value in (("guest_role", "ROLE_ADMIN"), ("api_base", "api.example"), ("join_url_template", "{x}"),
                        ("page_size", 0)):
         with pytest.raises(SettingsError) as info:
-            BlendVisionProvider("bv", {**settings(base_url), key: value}, http)
+            build_provider("bv", "blendvision", {**settings(base_url), key: value}, http)
         assert info.value.key == key and API_TOKEN not in str(info.value)
-    assert API_TOKEN not in repr(BlendVisionProvider("bv", settings(base_url), http))
+    assert API_TOKEN not in repr(build_provider("bv", "blendvision", settings(base_url), http))
 
 
 async def test_unsupported_operations(provider: BlendVisionProvider, sim: BlendVisionSim) -> None:
@@ -198,8 +185,7 @@ async def test_unsupported_operations(provider: BlendVisionProvider, sim: BlendV
     assert provider.capabilities == frozenset({Capability.ROOMS, Capability.JOIN})
     calls = len(sim.calls)
     for call in (provider.kick(LESSON, room, "7"), provider.end_room(LESSON, room),
-                 provider.delete_room(LESSON, room), provider.ban_user(LESSON, room, "7"),
-                 provider.start_recording(LESSON, room)):
+                 provider.delete_room(LESSON, room), provider.ban_user(LESSON, room, "7")):
         with pytest.raises(Unsupported) as info:
             await call
         assert info.value.code == "unsupported" and not info.value.retryable

@@ -1,4 +1,4 @@
-"""A provider that needs no account: rooms live in memory, join tokens are HS256 JWTs.
+"""The sandbox adapter: every operation succeeds at once (after `delay_s`), nothing leaves the process.
 
 It is the default provider so that `bridge dev` does something visible on a machine with no
 provider credentials, and plugin developers can exercise every event type.
@@ -7,29 +7,29 @@ provider credentials, and plugin developers can exercise every event type.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
 import httpx
-import jwt
 
 from bridge.providers.base import Capability, JoinGrant, Lesson, Provider, Room, User
+from bridge.providers.sandbox import auth
+from bridge.providers.sandbox.settings import SandboxSettings
 
 
 class SandboxProvider(Provider):
     kind = "sandbox"
     # Everything but streaming out: in listen mode a plugin developer pushes to the handed-out URL herself.
     capabilities = frozenset(Capability) - {Capability.STREAM_OUT}
+    settings_model = SandboxSettings
 
-    def __init__(self, name: str, settings: Mapping[str, Any], http: httpx.AsyncClient) -> None:
+    def __init__(self, name: str, settings: SandboxSettings, http: httpx.AsyncClient) -> None:
         super().__init__(name, settings, http)
-        self._secret = str(settings.get("secret", "sandbox-only-secret-not-for-production-use"))
-        self._join_base = str(settings.get("join_base", "http://127.0.0.1:8000/sandbox")).rstrip("/")
-        self._token_ttl = timedelta(seconds=int(settings.get("token_ttl_s", 3600)))
-        # Simulated provider latency, for plugin developers and for crash tests with jobs in flight.
-        self._delay_s = float(settings.get("delay_s", 0))
+        self._secret = settings.secret.get_secret_value()
+        self._join_base = settings.join_base
+        self._token_ttl = timedelta(seconds=settings.token_ttl_s)
+        self._delay_s = settings.delay_s
 
     async def _latency(self) -> None:
         if self._delay_s:
@@ -53,20 +53,13 @@ class SandboxProvider(Provider):
         now = datetime.now(UTC).replace(microsecond=0)
         expires_at = now + self._token_ttl
         role = "moderator" if user.is_moderator else "guest"
-        token = jwt.encode(
-            {"sub": user.id, "name": user.name, "room": room.id, "role": role,
-             "iat": now, "nbf": now, "exp": expires_at},
-            self._secret, algorithm="HS256",
-        )
+        token = auth.join_token(self._secret, user.id, user.name, room.id, role, now, expires_at)
         return JoinGrant(join_url=f"{self._join_base}/{quote(room.id)}?token={token}", token=token,
                          expires_at=expires_at, role=role)
 
     def verify_join(self, room: str, token: str) -> dict[str, Any]:
         """The claims of a join token this provider minted for `room`; raises jwt.InvalidTokenError."""
-        claims = jwt.decode(token, self._secret, algorithms=["HS256"])
-        if claims.get("room") != room:
-            raise jwt.InvalidTokenError("the token is for another room")
-        return claims
+        return auth.verify_join(self._secret, room, token)
 
     async def kick(self, lesson: Lesson, room: Room, user_id: str, participant_id: str | None = None) -> None:
         return None
@@ -81,10 +74,4 @@ class SandboxProvider(Provider):
         return None
 
     async def hang_up(self, lesson: Lesson, room: Room, phone: str) -> None:
-        return None
-
-    async def start_recording(self, lesson: Lesson, room: Room) -> str:
-        return f"sandbox-rec-{room.id}"
-
-    async def stop_recording(self, lesson: Lesson, room: Room, recording_id: str) -> None:
         return None

@@ -23,9 +23,9 @@ from bridge.providers.base import (
     Unsupported,
     User,
 )
-from bridge.providers.jaas import JaasProvider
-from tests.fakes.jaas_sim import JaasSim
+from bridge.providers.jaas.adapter import JaasProvider
 from tests.fakes.server import Loopback, free_port, silent_listener
+from tests.providers.jaas.sim import JaasSim
 
 APP = "vpaas-magic-cookie-0123456789abcdef"
 KID = f"{APP}/k1"
@@ -66,7 +66,7 @@ def settings(rsa_key: rsa.RSAPrivateKey, api_base: str, **extra: object) -> dict
 @pytest.fixture
 def provider(sim: JaasSim, base_url: str, rsa_key: rsa.RSAPrivateKey,
              http: httpx.AsyncClient) -> JaasProvider:
-    return JaasProvider("jaas", settings(rsa_key, base_url), http)
+    return build_provider("jaas", "jaas", settings(rsa_key, base_url), http)
 
 
 ROOM = Room(id=ROOM_NAME, name=ROOM_NAME)
@@ -98,7 +98,7 @@ def test_registry_builds_jaas(rsa_key: rsa.RSAPrivateKey) -> None:
 def test_settings_errors_name_the_key(rsa_key: rsa.RSAPrivateKey, change: dict[str, object], key: str) -> None:
     values = {k: v for k, v in {**settings(rsa_key, "https://8x8.vc"), **change}.items() if v is not None}
     with pytest.raises(SettingsError) as info:
-        JaasProvider("j", values, httpx.AsyncClient())
+        build_provider("j", "jaas", values, httpx.AsyncClient())
     assert info.value.key == key
     assert "c2VjcmV0" not in str(info.value) and "BEGIN" not in str(info.value)
     assert info.value.__cause__ is None
@@ -107,13 +107,14 @@ def test_settings_errors_name_the_key(rsa_key: rsa.RSAPrivateKey, change: dict[s
 def test_settings_reject_non_rsa_key_and_both_key_sources(rsa_key: rsa.RSAPrivateKey, tmp_path) -> None:
     ec_pem = _pem(ec.generate_private_key(ec.SECP256R1()))
     with pytest.raises(SettingsError, match="RSA"):
-        JaasProvider("j", settings(rsa_key, "https://8x8.vc", private_key=ec_pem), httpx.AsyncClient())
+        build_provider("j", "jaas", settings(rsa_key, "https://8x8.vc", private_key=ec_pem), httpx.AsyncClient())
     path = tmp_path / "key.pem"
     path.write_text(_pem(rsa_key))
     with pytest.raises(SettingsError, match="not both"):
-        JaasProvider("j", settings(rsa_key, "https://8x8.vc", private_key_file=str(path)), httpx.AsyncClient())
+        build_provider("j", "jaas", settings(rsa_key, "https://8x8.vc", private_key_file=str(path)),
+                       httpx.AsyncClient())
     with pytest.raises(SettingsError) as info:
-        JaasProvider("j", {"app_id": APP, "key_id": "k1", "private_key_file": str(tmp_path / "missing")},
+        build_provider("j", "jaas", {"app_id": APP, "key_id": "k1", "private_key_file": str(tmp_path / "missing")},
                      httpx.AsyncClient())
     assert info.value.key == "private_key_file"
 
@@ -121,9 +122,9 @@ def test_settings_reject_non_rsa_key_and_both_key_sources(rsa_key: rsa.RSAPrivat
 async def test_private_key_file_and_one_line_pem(rsa_key: rsa.RSAPrivateKey, tmp_path) -> None:
     path = tmp_path / "key.pem"
     path.write_text(_pem(rsa_key))
-    from_file = JaasProvider("j", {"app_id": APP, "key_id": f"{APP}/k1", "private_key_file": str(path)},
+    from_file = build_provider("j", "jaas", {"app_id": APP, "key_id": f"{APP}/k1", "private_key_file": str(path)},
                              httpx.AsyncClient())
-    one_line = JaasProvider("j", {"app_id": APP, "key_id": "k1",
+    one_line = build_provider("j", "jaas", {"app_id": APP, "key_id": "k1",
                                   "private_key": _pem(rsa_key).replace("\n", "\\n")}, httpx.AsyncClient())
     for provider in (from_file, one_line):
         assert provider.kid == KID
@@ -187,11 +188,11 @@ async def test_guest_join_token_has_no_features(provider: JaasProvider, rsa_key:
 
 
 async def test_join_token_ttl_and_wrong_key_rejected(sim: JaasSim, base_url, rsa_key, wrong_key, http) -> None:
-    short = JaasProvider("jaas", settings(rsa_key, base_url, token_ttl_s=120), http)
+    short = build_provider("jaas", "jaas", settings(rsa_key, base_url, token_ttl_s=120), http)
     grant = await short.join(LESSON, ROOM, STUDENT)
     claims = jwt.decode(grant.token, rsa_key.public_key(), algorithms=["RS256"], audience="jitsi")
     assert claims["exp"] - claims["nbf"] == 120 + 10
-    forged = JaasProvider("jaas", settings(wrong_key, base_url), http)
+    forged = build_provider("jaas", "jaas", settings(wrong_key, base_url), http)
     bad = await forged.join(LESSON, ROOM, STUDENT)
     with pytest.raises(jwt.InvalidSignatureError):
         jwt.decode(bad.token, rsa_key.public_key(), algorithms=["RS256"], audience="jitsi")
@@ -223,7 +224,7 @@ async def test_end_room_destroys_with_full_name_and_caches_admin_token(
 
 async def test_admin_token_reminted_near_expiry(provider: JaasProvider, sim: JaasSim) -> None:
     await provider.end_room(LESSON, ROOM)
-    provider._admin_expires = time.time() + 30          # inside the refresh margin
+    provider._signer._admin_expires = time.time() + 30          # inside the refresh margin
     await provider.end_room(LESSON, ROOM)
     assert sim.requests[0]["auth"] != sim.requests[1]["auth"]
 
@@ -278,7 +279,7 @@ async def test_ban_user_and_ban_token(provider: JaasProvider, sim: JaasSim) -> N
 
 
 async def test_wrong_private_key_is_a_permanent_auth_error(sim: JaasSim, base_url, wrong_key, http) -> None:
-    provider = JaasProvider("jaas", settings(wrong_key, base_url), http)
+    provider = build_provider("jaas", "jaas", settings(wrong_key, base_url), http)
     with pytest.raises(ProviderError) as info:
         await provider.end_room(LESSON, ROOM)
     assert info.value.status == 401 and not info.value.retryable
@@ -337,7 +338,7 @@ async def test_404_on_destroy_kick_hang_up_means_already_done(provider: JaasProv
     assert not info.value.retryable
 
 
-async def test_sim_rejects_bad_bodies(sim: JaasSim, base_url, provider: JaasProvider, http) -> None:
+async def test_sim_rejects_bad_bodies(sim: JaasSim, base_url, provider: JaasProvider, http, rsa_key) -> None:
     url = base_url + "/v1/_jaas/conference-commands/v1/meeting"
     headers = {"Authorization": f"Bearer {provider.admin_token()}"}
     bad = [
@@ -355,14 +356,14 @@ async def test_sim_rejects_bad_bodies(sim: JaasSim, base_url, provider: JaasProv
         "conferenceFullName": f"r@conference.{APP}.8x8.vc"}}, headers={"Authorization": f"Bearer {guest}"})
     assert answer.status_code == 403
     expired = jwt.encode({"aud": "jitsi", "iss": "chat", "sub": APP, "admin": True, "nbf": 0, "exp": 1},
-                         provider._key, algorithm="RS256", headers={"kid": KID})
+                         rsa_key, algorithm="RS256", headers={"kid": KID})
     answer = await http.post(url, json={}, headers={"Authorization": f"Bearer {expired}"})
     assert answer.status_code == 401
     assert sim.commands == []
 
 
 async def test_connection_refused_is_retryable(rsa_key: rsa.RSAPrivateKey, http: httpx.AsyncClient) -> None:
-    provider = JaasProvider("jaas", settings(rsa_key, f"http://127.0.0.1:{free_port()}"), http)
+    provider = build_provider("jaas", "jaas", settings(rsa_key, f"http://127.0.0.1:{free_port()}"), http)
     with pytest.raises(ProviderError) as info:
         await provider.end_room(LESSON, ROOM)
     assert info.value.retryable and info.value.code == "ConnectError"
@@ -371,7 +372,7 @@ async def test_connection_refused_is_retryable(rsa_key: rsa.RSAPrivateKey, http:
 async def test_timeout_is_retryable(rsa_key: rsa.RSAPrivateKey) -> None:
     async with httpx.AsyncClient(timeout=0.3) as client:
         with silent_listener() as url:
-            provider = JaasProvider("jaas", settings(rsa_key, url), client)
+            provider = build_provider("jaas", "jaas", settings(rsa_key, url), client)
             with pytest.raises(ProviderError) as info:
                 await provider.kick(LESSON, ROOM, "42")
     assert info.value.retryable and info.value.code == "ReadTimeout"
@@ -380,7 +381,7 @@ async def test_timeout_is_retryable(rsa_key: rsa.RSAPrivateKey) -> None:
 async def test_slow_answer_times_out(sim: JaasSim, base_url, rsa_key: rsa.RSAPrivateKey) -> None:
     sim.inject(200, delay=0.6)
     async with httpx.AsyncClient(timeout=0.2) as client:
-        provider = JaasProvider("jaas", settings(rsa_key, base_url), client)
+        provider = build_provider("jaas", "jaas", settings(rsa_key, base_url), client)
         with pytest.raises(ProviderError) as info:
             await provider.end_room(LESSON, ROOM)
     assert info.value.retryable
@@ -390,13 +391,11 @@ async def test_slow_answer_times_out(sim: JaasSim, base_url, rsa_key: rsa.RSAPri
 
 
 async def test_unsupported_operations(provider: JaasProvider, sim: JaasSim) -> None:
-    assert Capability.RECORDING not in provider.capabilities
     assert Capability.STREAM_OUT not in provider.capabilities
     for capability in (Capability.JOIN, Capability.KICK, Capability.END_ROOM, Capability.DIAL_OUT,
                        Capability.HANG_UP, Capability.BAN_USER, Capability.BAN_TOKEN, Capability.ROOMS):
         assert provider.supports(capability)
-    for call in (provider.start_recording(LESSON, ROOM), provider.stop_recording(LESSON, ROOM, "r"),
-                 provider.start_stream_out(LESSON, ROOM, "rtmp://127.0.0.1/live"),
+    for call in (provider.start_stream_out(LESSON, ROOM, "rtmp://127.0.0.1/live"),
                  provider.stop_stream_out(LESSON, ROOM, "s")):
         with pytest.raises(Unsupported) as info:
             await call

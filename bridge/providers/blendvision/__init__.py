@@ -1,0 +1,1 @@
+"""BlendVision One chatrooms: one chatroom per lesson, chatroom tokens for joins."""

@@ -1,0 +1,1 @@
+"""JaaS (8x8 Jitsi as a Service): implicit rooms, RS256 join tokens, conference commands."""
