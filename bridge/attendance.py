@@ -14,6 +14,10 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from redis.asyncio import Redis
+
+from bridge.store import attendance_key, attendance_sessions_key
+
 Kind = Literal["joined", "left"]
 LEAVE_REASONS = frozenset({"left", "kicked", "disconnected", "unknown"})
 
@@ -137,3 +141,76 @@ def leave_duration_s(leave: Presence, events: Iterable[Presence]) -> float:
         if first.participant_id == leave.participant_id and end == leave.at_ms:
             return round((end - start) / 1000, 3)
     return 0.0
+
+
+# ---------------------------------------------------------------------------- the ledger in Redis
+
+LEDGER_TTL_S = 90 * 24 * 3600      # a term's worth: long enough to replay a session and grade it
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """Where one provider session of one lesson is kept."""
+
+    source: str
+    lesson_id: str
+    session_id: str
+
+    @property
+    def key(self) -> str:
+        return attendance_key(self.source, self.lesson_id, self.session_id)
+
+
+async def record(redis: Redis, ledger: Ledger, event_key: str, presence: Presence) -> bool:
+    """Add one participant event (a repeat of `event_key` changes nothing); True when it was new."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hsetnx(ledger.key, f"e:{event_key}", presence.to_json())
+        pipe.expire(ledger.key, LEDGER_TTL_S)
+        pipe.zadd(attendance_sessions_key(ledger.source, ledger.lesson_id), {ledger.session_id: presence.at_ms},
+                  nx=True)
+        pipe.expire(attendance_sessions_key(ledger.source, ledger.lesson_id), LEDGER_TTL_S)
+        added, *_ = await pipe.execute()
+    return bool(added)
+
+
+async def mark_started(redis: Redis, ledger: Ledger, at_ms: int) -> None:
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hsetnx(ledger.key, "started_ms", at_ms)
+        pipe.expire(ledger.key, LEDGER_TTL_S)
+        pipe.zadd(attendance_sessions_key(ledger.source, ledger.lesson_id), {ledger.session_id: at_ms}, nx=True)
+        pipe.expire(attendance_sessions_key(ledger.source, ledger.lesson_id), LEDGER_TTL_S)
+        await pipe.execute()
+
+
+async def mark_ended(redis: Redis, ledger: Ledger, at_ms: int, event_ref: str) -> bool:
+    """Record the session's end; True for the event that ends it first (and that one only, however
+    often it runs): it sends `attendance.report`. Later ends (a duplicate with another key) change nothing."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hsetnx(ledger.key, "ended_ms", at_ms)
+        pipe.hsetnx(ledger.key, "reported", event_ref)
+        pipe.hget(ledger.key, "reported")
+        pipe.expire(ledger.key, LEDGER_TTL_S)
+        _, _, reported, _ = await pipe.execute()
+    return reported is not None and reported.decode() == event_ref
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    events: list[Presence]
+    started_ms: int | None
+    ended_ms: int | None
+
+    def report(self, session_id: str) -> dict[str, Any]:
+        return report(session_id, self.events, self.started_ms, self.ended_ms)
+
+
+async def load(redis: Redis, ledger: Ledger) -> Snapshot:
+    raw = await redis.hgetall(ledger.key)
+    events = [Presence.from_json(value) for field, value in raw.items() if field.startswith(b"e:")]
+    started, ended = raw.get(b"started_ms"), raw.get(b"ended_ms")
+    return Snapshot(events, int(started) if started else None, int(ended) if ended else None)
+
+
+async def latest_session(redis: Redis, source: str, lesson_id: str) -> str | None:
+    newest = await redis.zrange(attendance_sessions_key(source, lesson_id), -1, -1)
+    return newest[0].decode() if newest else None

@@ -22,7 +22,14 @@ from bridge.recording import RecorderConfig
 from bridge.schema.events import Lesson, User
 from bridge.schema.webhooks import WebhookType
 from bridge.sources.canonical import iso
-from bridge.store import lesson_key, lesson_lock_key, recording_key, recording_stop_key, teachers_key
+from bridge.store import (
+    lesson_key,
+    lesson_lock_key,
+    recording_key,
+    recording_stop_key,
+    room_owner_key,
+    teachers_key,
+)
 from bridge.webhooks import Outbound, deliver_outbound, emit
 
 
@@ -136,7 +143,17 @@ async def ensure_room(job: Job) -> tuple[Room, bool]:
         provider = await job.provider()
         room = await provider.create_room(job.lesson)
         await job.save(provider=provider.name, room=_room_json(room), status="scheduled", title=job.lesson.title)
+        await remember_room_owner(job, provider.name, room)
         return room, True
+
+
+async def remember_room_owner(job: Job, provider: str, room: Room) -> None:
+    """Provider events name a room (by the provider's id, or the name the bridge gave it): find the lesson."""
+    owner = f"{job.source.name}\t{job.event['lesson']['id']}"
+    async with job.rt.redis.pipeline(transaction=False) as pipe:
+        for name in {room.id, room.name}:
+            pipe.set(room_owner_key(provider, name), owner)
+        await pipe.execute()
 
 
 def _room_webhook_data(job: Job, room: Room) -> dict[str, Any]:

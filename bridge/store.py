@@ -45,6 +45,22 @@ def lesson_key(source: str, lesson_id: str) -> str:
     return f"{PREFIX}lesson:{source}:{lesson_id}"
 
 
+def room_owner_key(provider: str, room: str) -> str:
+    """String `<source>\t<lesson id>`: the lesson a provider's room (its id or name) was made for."""
+    return f"{PREFIX}room:{provider}:{room}"
+
+
+def attendance_key(source: str, lesson_id: str, session_id: str) -> str:
+    """Hash for one provider session: `e:<provider event key>` → participant event JSON, plus
+    `started_ms`, `ended_ms`, `reported` (the event that sent attendance.report)."""
+    return f"{PREFIX}attendance:{source}:{lesson_id}:{session_id}"
+
+
+def attendance_sessions_key(source: str, lesson_id: str) -> str:
+    """Sorted set: a lesson's provider session ids → the ms they started (the admin view shows the last)."""
+    return f"{PREFIX}attendance-sessions:{source}:{lesson_id}"
+
+
 def lesson_lock_key(source: str, lesson_id: str) -> str:
     return f"{PREFIX}lock:lesson:{source}:{lesson_id}"
 

@@ -72,3 +72,23 @@ def test_presence_survives_its_json_form() -> None:
     event = left("p1", 3, reason="kicked", joined_at_s=1)
     assert Presence.from_json(event.to_json()) == event
     assert json.loads(event.to_json())["reason"] == "kicked"
+
+
+async def test_the_ledger_in_redis_keeps_each_event_once_and_one_end(redis) -> None:
+    from bridge.attendance import Ledger, latest_session, load, mark_ended, mark_started, record
+
+    ledger = Ledger("default", "lesson-a", "sess-1")
+    await redis.delete(ledger.key)
+    await mark_started(redis, ledger, T0)
+    assert await record(redis, ledger, "k1", joined("p1", 10))
+    assert not await record(redis, ledger, "k1", joined("p1", 10))        # the provider sent it twice
+    assert await record(redis, ledger, "k2", left("p1", 70))
+    assert await mark_ended(redis, ledger, T0 + 100_000, "ref-end-1")
+    assert await mark_ended(redis, ledger, T0 + 100_000, "ref-end-1")      # the same job run again
+    assert not await mark_ended(redis, ledger, T0 + 200_000, "ref-end-2")  # a second end changes nothing
+    snapshot = await load(redis, ledger)
+    assert (snapshot.started_ms, snapshot.ended_ms) == (T0, T0 + 100_000)
+    [ada] = snapshot.report("sess-1")["participants"]
+    assert ada["total_s"] == 60.0
+    assert await latest_session(redis, "default", "lesson-a") == "sess-1"
+    assert 0 < await redis.ttl(ledger.key) <= 90 * 24 * 3600
