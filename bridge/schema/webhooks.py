@@ -146,6 +146,8 @@ class Attendee(BaseModel):
     last_left_at: IsoTime
     total_s: float = Field(description="Overlapping intervals of the same person (two tabs) counted once.")
     intervals: list[tuple[str, str]] = Field(description="[[joined_at, left_at], ...]")
+    precision: Literal["exact", "poll"] = Field(
+        description="`poll` when the times come from polling the provider's participants (OWT, OpenMeetings).")
 
 
 class AttendanceReport(WebhookData):
