@@ -10,7 +10,7 @@ of the server show which side a difference comes from, and the seconds spent wai
 CompleteMultipartUpload how much of a multipart upload's time is the service joining the parts after the
 last one arrived (moto copies the whole object in memory there; a plain PUT never pays that).
 
-Run: .venv/bin/python bench/storage.py [--mib 1024] [--rounds 2] [--concurrency 4] [--part-mib 16]
+Run: .venv/bin/python bench/storage.py [--mib 1024] [--rounds 2] [--concurrency 8] [--part-mib 8]
 """
 
 from __future__ import annotations
@@ -121,8 +121,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mib", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=4, help="parts in flight in our upload")
-    parser.add_argument("--part-mib", type=int, default=16, help="our upload's part size")
+    parser.add_argument("--concurrency", type=int, default=8, help="parts in flight in our upload")
+    parser.add_argument("--part-mib", type=int, default=8, help="our upload's part size")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-storage-", dir="/tmp"))

@@ -150,7 +150,7 @@ class S3Storage:
 
     def __init__(self, bucket: str, access_key_id: str, secret_access_key: str, *, prefix: str = "recordings/",
                  endpoint_url: str | None = None, region: str = "us-east-1", url_ttl_s: int = 86400,
-                 part_size: int = 16 * MIB, concurrency: int = 4, retry_budget_s: float = 120.0,
+                 part_size: int = 8 * MIB, concurrency: int = 8, retry_budget_s: float = 120.0,
                  connect_timeout_s: float = 5.0, read_timeout_s: float = 60.0) -> None:
         if not bucket:
             raise ValueError("bucket is required for s3 storage")
