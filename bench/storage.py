@@ -6,10 +6,11 @@ Both run in a fresh child process each (moto's standalone server on loopback is 
 one's memory is its own: the child notes its resident memory once the client is set up and one small
 object has gone up (idle), uploads, and reports the time and its peak RSS above that idle level.
 Targets: throughput ratio >= 0.9x, our peak above idle <= 64 MiB. The CPU seconds of the uploader and
-of the server show which side a difference comes from (moto does more work per byte for a multipart
-upload than for one PUT: it keeps the parts, then joins them).
+of the server show which side a difference comes from, and the seconds spent waiting for
+CompleteMultipartUpload how much of a multipart upload's time is the service joining the parts after the
+last one arrived (moto copies the whole object in memory there; a plain PUT never pays that).
 
-Run: .venv/bin/python bench/storage.py [--mib 1024] [--rounds 2] [--concurrency 4] [--part-mib 16]
+Run: .venv/bin/python bench/storage.py [--mib 1024] [--rounds 2] [--concurrency 8] [--part-mib 8]
 """
 
 from __future__ import annotations
@@ -41,10 +42,22 @@ from bridge.storage import S3Storage
 def rss_kib() -> int:
     return int(Path("/proc/self/statm").read_text().split()[1]) * 4
 
+completing = {"started": 0.0, "seconds": 0.0}
+
+def time_completion(events) -> None:
+    # Seconds spent waiting for CompleteMultipartUpload: the service's own work after the last part.
+    def before(**_):
+        completing["started"] = time.perf_counter()
+    def after(**_):
+        completing["seconds"] += time.perf_counter() - completing["started"]
+    events.register("before-call.s3.CompleteMultipartUpload", before)
+    events.register("after-call.s3.CompleteMultipartUpload", after)
+
 async def main(way: str, endpoint: str, path: Path) -> None:
     storage = S3Storage(sys.argv[4], sys.argv[5], sys.argv[6], endpoint_url=endpoint, concurrency=int(sys.argv[7]),
                         part_size=int(sys.argv[8]) * 2**20)
     client = await storage.client()
+    time_completion(client.meta.events)
     await client.put_object(Bucket=storage.bucket, Key="warm-up", Body=b"x" * 1024)
     await storage.delete("rec_bench")          # the last round's copy: found whole, it would not be re-sent
     for key in ("recordings/plain.mp4", "recordings/managed.mp4"):
@@ -59,6 +72,7 @@ async def main(way: str, endpoint: str, path: Path) -> None:
         import boto3
         s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=sys.argv[5],
                           aws_secret_access_key=sys.argv[6], region_name="us-east-1")
+        time_completion(s3.meta.events)
         await asyncio.to_thread(s3.upload_file, str(path), storage.bucket, "recordings/managed.mp4")
     else:
         with path.open("rb") as body:
@@ -67,7 +81,8 @@ async def main(way: str, endpoint: str, path: Path) -> None:
     elapsed = time.perf_counter() - started
     usage = resource.getrusage(resource.RUSAGE_SELF)
     await storage.aclose()
-    print(json.dumps({"seconds": elapsed, "peak_above_idle_mib": (usage.ru_maxrss - idle) / 1024,
+    print(json.dumps({"seconds": elapsed, "completion_s": completing["seconds"],
+                      "peak_above_idle_mib": (usage.ru_maxrss - idle) / 1024,
                       "cpu_s": usage.ru_utime + usage.ru_stime - cpu_before}))
 
 asyncio.run(main(sys.argv[1], sys.argv[2], Path(sys.argv[3])))
@@ -106,8 +121,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mib", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=4, help="parts in flight in our upload")
-    parser.add_argument("--part-mib", type=int, default=16, help="our upload's part size")
+    parser.add_argument("--concurrency", type=int, default=8, help="parts in flight in our upload")
+    parser.add_argument("--part-mib", type=int, default=8, help="our upload's part size")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-storage-", dir="/tmp"))
@@ -125,13 +140,14 @@ def main() -> None:
         size_mib = path.stat().st_size / 2**20
         speed = {way: statistics.median(size_mib / r["seconds"] for r in rs) for way, rs in results.items()}
         peak = {way: max(r["peak_above_idle_mib"] for r in rs) for way, rs in results.items()}
-        cpu = {way: {k: statistics.median(r[k] for r in rs) for k in ("cpu_s", "server_cpu_s")}
+        cpu = {way: {k: statistics.median(r[k] for r in rs) for k in ("cpu_s", "server_cpu_s", "completion_s")}
                for way, rs in results.items()}
         print(f"file: {size_mib:.0f} MiB, {args.rounds} round(s), moto server on loopback, "
               f"our upload {args.concurrency} part(s) of {args.part_mib} MiB in flight")
         for way, label in WAYS.items():
-            print(f"  {label:34s} {speed[way]:7.1f} MiB/s   peak RSS above idle {peak[way]:6.1f} MiB   "
-                  f"CPU s: uploader {cpu[way]['cpu_s']:5.1f}, server {cpu[way]['server_cpu_s']:5.1f}")
+            print(f"  {label:38s} {speed[way]:7.1f} MiB/s   peak RSS above idle {peak[way]:6.1f} MiB   "
+                  f"CPU s: uploader {cpu[way]['cpu_s']:5.1f}, server {cpu[way]['server_cpu_s']:5.1f}   "
+                  f"waiting for CompleteMultipartUpload {cpu[way]['completion_s']:4.1f} s")
         ratio = speed["ours"] / speed["plain"]
         print(f"throughput ratio ours/plain: {ratio:.2f}x (target >= 0.9x); "
               f"ours/boto3 managed multipart: {speed['ours'] / speed['managed']:.2f}x")

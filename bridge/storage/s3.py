@@ -2,11 +2,11 @@
 
 Upload: one PUT up to `part_size`, a multipart upload above it, `concurrency` parts at a time, each
 streamed from disk a chunk at a time (no part is ever held in memory whole). Integrity is checked
-with MD5, the checksum every S3-compatible service implements: each part is sent with `Content-MD5`,
-so the service refuses a part damaged on the way, and after completion the object's ETag must equal
-the multipart ETag computed here (MD5 of the parts' MD5s, "-N") and its size the file's, or the
-object is deleted and the upload fails. The whole file's SHA-256 is computed on the same read, and
-compared with finalize's before the upload completes.
+with MD5, the checksum every S3-compatible service implements: each part is sent with `Content-MD5`
+(and a CRC32, see PART_CHECKSUM), so the service refuses a part damaged on the way, and after
+completion the object's ETag must equal the multipart ETag computed here (MD5 of the parts' MD5s,
+"-N") and its size the file's, or the object is deleted and the upload fails. The whole file's
+SHA-256 is computed on the same read, and compared with finalize's before the upload completes.
 
 A multipart object appears under its key only when CompleteMultipartUpload succeeds, all at once; until
 then the parts sit under an upload id. A run killed mid-way leaves that upload open: the next run for
@@ -22,6 +22,7 @@ import hashlib
 import io
 import math
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -57,6 +58,11 @@ MIN_PART_SIZE = 5 * MIB          # S3's floor for every part but the last
 MAX_PARTS = 10_000               # S3's ceiling: larger files get larger parts
 HASH_CHUNK = 1024 * 1024
 MAX_PAGES = 100                  # listing pages read per call (1000 entries each)
+# Declared on every multipart upload, each part's value sent as a plain header (never an aws-chunked
+# trailer): the service then keeps a checksum per part and combines those at completion. Declaring none
+# invites a full-object checksum instead, which a service may compute by re-reading the whole object when
+# the upload completes; moto's server does, in memory, and that took as long as sending the parts.
+PART_CHECKSUM = "CRC32"
 TRANSIENT_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "NoSuchUpload"}
 
 
@@ -80,18 +86,21 @@ def _read_part(file: IO[bytes], size: int, whole: Any) -> tuple[bytes, bytes]:
     return chunk, hashlib.md5(chunk).digest()
 
 
-def _hash_part(file: IO[bytes], length: int, whole: Any) -> bytes:
-    """MD5 of the next `length` bytes, read a chunk at a time; feeds the whole-file SHA-256 on the way."""
+def _hash_part(file: IO[bytes], length: int, whole: Any) -> tuple[bytes, str]:
+    """MD5 and CRC32 (base64, as S3 takes it) of the next `length` bytes, read a chunk at a time; feeds the
+    whole-file SHA-256 on the way."""
     md5 = hashlib.md5()
+    crc = 0
     remaining = length
     while remaining > 0:
         chunk = file.read(min(HASH_CHUNK, remaining))
         if not chunk:
             raise VerificationFailed(f"{file.name}: the file got shorter while it was being uploaded")
         md5.update(chunk)
+        crc = zlib.crc32(chunk, crc)
         whole.update(chunk)
         remaining -= len(chunk)
-    return md5.digest()
+    return md5.digest(), base64.b64encode(crc.to_bytes(4, "big")).decode()
 
 
 class FilePart(io.RawIOBase):
@@ -141,7 +150,7 @@ class S3Storage:
 
     def __init__(self, bucket: str, access_key_id: str, secret_access_key: str, *, prefix: str = "recordings/",
                  endpoint_url: str | None = None, region: str = "us-east-1", url_ttl_s: int = 86400,
-                 part_size: int = 16 * MIB, concurrency: int = 4, retry_budget_s: float = 120.0,
+                 part_size: int = 8 * MIB, concurrency: int = 8, retry_budget_s: float = 120.0,
                  connect_timeout_s: float = 5.0, read_timeout_s: float = 60.0) -> None:
         if not bucket:
             raise ValueError("bucket is required for s3 storage")
@@ -163,7 +172,8 @@ class S3Storage:
             s3={"addressing_style": "path" if endpoint_url else "auto"},
             connect_timeout=connect_timeout_s, read_timeout=read_timeout_s,
             retries={"mode": "standard", "total_max_attempts": 3},
-            # botocore's default adds CRC32 trailers several S3-compatible services refuse; MD5 is ours.
+            # botocore's default adds CRC32 trailers several S3-compatible services refuse; we send
+            # Content-MD5 and a per-part CRC32 header ourselves (PART_CHECKSUM).
             request_checksum_calculation="when_required", response_checksum_validation="when_required",
             max_pool_connections=concurrency + 2,
         )
@@ -255,6 +265,7 @@ class S3Storage:
         count = math.ceil(size / part_size)
         md5s: list[bytes] = []
         etags: dict[int, str] = {}
+        crc32s: dict[int, str] = {}
         sha = hashlib.sha256()
         reused = 0
         sending = asyncio.Semaphore(self.concurrency)
@@ -264,7 +275,8 @@ class S3Storage:
                 with FilePart(path, (number - 1) * part_size, length) as body:
                     answer = await client.upload_part(
                         Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body,
-                        ContentLength=length, ContentMD5=base64.b64encode(md5).decode())
+                        ContentLength=length, ContentMD5=base64.b64encode(md5).decode(),
+                        ChecksumCRC32=crc32s[number])
                 etags[number] = answer["ETag"]
             finally:
                 sending.release()
@@ -275,7 +287,7 @@ class S3Storage:
                     for number in range(1, count + 1):
                         length = min(part_size, size - (number - 1) * part_size)
                         # Hashed in order (the whole-file SHA-256 needs it) while earlier parts are sent.
-                        md5 = await asyncio.to_thread(_hash_part, file, length, sha)
+                        md5, crc32s[number] = await asyncio.to_thread(_hash_part, file, length, sha)
                         md5s.append(md5)
                         if uploaded.get(number) == (md5.hex(), length):
                             etags[number] = f'"{md5.hex()}"'
@@ -288,7 +300,8 @@ class S3Storage:
         check_source_digest(path, expected_sha256, sha.hexdigest())
         await client.complete_multipart_upload(
             Bucket=self.bucket, Key=key, UploadId=upload_id,
-            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etags[n]} for n in range(1, count + 1)]})
+            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etags[n], "ChecksumCRC32": crc32s[n]}
+                                       for n in range(1, count + 1)]})
         return md5s, sha, reused
 
     async def _open_upload(self, key: str, content_type: str) -> tuple[str, dict[int, tuple[str, int]]]:
@@ -300,7 +313,8 @@ class S3Storage:
         for stale in pending[:-1]:
             await self._abort(stale["Key"], stale["UploadId"])
         if not pending:
-            created = await client.create_multipart_upload(Bucket=self.bucket, Key=key, ContentType=content_type)
+            created = await client.create_multipart_upload(Bucket=self.bucket, Key=key, ContentType=content_type,
+                                                           ChecksumAlgorithm=PART_CHECKSUM)
             return created["UploadId"], {}
         upload_id = pending[-1]["UploadId"]
         parts: dict[int, tuple[str, int]] = {}
