@@ -280,6 +280,7 @@ class ProviderConfig(Table):
     @model_validator(mode="before")
     @classmethod
     def _adapter_settings(cls, table: Any) -> Any:
+        # A table from a file carries the adapter's keys beside kind; code may pass settings= itself.
         if not isinstance(table, dict) or "settings" in table:
             return table
         own = {key: table[key] for key in ("name", "kind") if key in table}
