@@ -145,7 +145,7 @@ def ensure_source(ffbin: FFmpegBinaries, seconds: int, cache: Path) -> Path:
 
 async def bridge_phase(args: argparse.Namespace, ffbin: FFmpegBinaries, src: Path, root: Path) -> Phase:
     phase = Phase("bridge", args.n)
-    config = RecorderConfig(root=root, min_free_bytes=256 * 2**20, ffmpeg=ffbin.ffmpeg,
+    config = RecorderConfig(dir=root, min_free_bytes=256 * 2**20, ffmpeg=ffbin.ffmpeg,
                             ffprobe=ffbin.ffprobe or "none")
     py_rss_before = mem_kib("self")[0]
     sessions = [RecordingSession(RecordingSpec(recording_id=f"bench-{i:03d}", lesson_id="bench",

@@ -67,8 +67,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     # Redis cleanly. This one exits 0 through `finally`, and also covers a signal before uvicorn starts.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_cleanly)
-    _, embedded = _ensure_redis(_settings())
-    port = int(os.environ.get("PORT", args.port))
+    settings, embedded = _ensure_redis(_settings())
+    port = settings.port or args.port
     try:
         uvicorn.run("bridge.cli:web_app", factory=True, host=args.host, port=port,
                     workers=int(os.environ.get("WEB_CONCURRENCY", 1)), log_level="warning",
@@ -173,7 +173,7 @@ def cmd_dev(args: argparse.Namespace) -> None:
     """Embedded Redis + web + worker + recorder, each its own child process, restarted if one dies,
     stopped together on Ctrl-C."""
     settings, embedded = _ensure_redis(_settings())
-    port = int(os.environ.get("PORT", args.port))
+    port = settings.port or args.port
     env = {**os.environ, "REDIS_URL": os.environ["REDIS_URL"], "PORT": str(port)}
     exe = [sys.executable, "-m", "bridge.cli"]
     children = [Supervised("web", [*exe, "serve", "--host", args.host], env),

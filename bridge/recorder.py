@@ -26,12 +26,12 @@ from arq.constants import in_progress_key_prefix
 from redis.commands.core import AsyncScript
 
 from bridge import metrics
+from bridge.config import Settings
 from bridge.lifecycle import Job, ensure_room
 from bridge.providers.base import Capability, ProviderError
 from bridge.recording import (
     EndReason,
     ListenSpec,
-    RecorderConfig,
     RecordingError,
     RecordingSession,
     RecordingSpec,
@@ -53,25 +53,16 @@ def recording_id_for(ref: str) -> str:
     return "rec_" + hashlib.sha256(ref.encode()).hexdigest()[:20]
 
 
-def recorder_config(settings: Any) -> RecorderConfig:
-    return RecorderConfig.from_settings({**settings.recording_options, "dir": settings.recording_dir,
-                                         "max_duration_s": settings.recording_max_duration_s})
-
-
-def check_ffmpeg_at_startup(settings: Any) -> None:
+def check_ffmpeg_at_startup(settings: Settings) -> None:
     """The recorder process refuses to start without a supported FFmpeg: exit 2 with one clear line
     (the binary's path, its version, the supported range), as for a configuration error."""
     try:
-        binaries = check_ffmpeg(recorder_config(settings))
+        binaries = check_ffmpeg(settings.recording)
     except RecordingError as exc:
         print(f"recorder cannot start: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     log.info("recorder.ffmpeg", ffmpeg=binaries.ffmpeg, version=binaries.info.label if binaries.info else None,
              origin=binaries.origin, ffprobe=binaries.ffprobe, skipped=list(binaries.skipped))
-
-
-def lease_s(settings: Any) -> float:
-    return float(settings.recording_options.get("lease_s", 15))
 
 
 def _is_file(url: str) -> bool:
@@ -115,7 +106,7 @@ async def _refresh(job: Job, recording_id: str, session: RecordingSession | None
         fields += ["recorded_s", f"{session.recorded_s:.1f}", "part", str(session.part_index)]
     holder, stop = await _renew_lease(
         keys=[recording_lease_key(recording_id), recording_key(recording_id), recording_stop_key(recording_id)],
-        args=[OWNER, int(lease_s(job.rt.settings) * 1000), *fields], client=job.rt.redis)
+        args=[OWNER, int(job.rt.settings.recording.lease_s * 1000), *fields], client=job.rt.redis)
     return Lease(holder.decode() if holder else None, bool(stop))
 
 
@@ -253,14 +244,14 @@ async def _close(job: Job, recording_id: str, status: str) -> None:
         await job.forget("recording")
 
 
-async def reclaim_orphans(redis: Any, settings: Any) -> list[str]:
+async def reclaim_orphans(redis: Any, settings: Settings) -> list[str]:
     """Hand back to arq the recording jobs whose supervisor stopped renewing its lease.
 
     Only once this process and Redis itself have been up for a whole lease period: after an outage
     (or a Redis restart, which expires every lease that lapsed meanwhile) a holder still recording
     gets that long to renew before its lease counts as abandoned.
     """
-    period = lease_s(settings)
+    period = settings.recording.lease_s
     if not await may_reclaim(redis, period):
         return []
     reclaimed = []
@@ -281,8 +272,8 @@ async def may_reclaim(redis: Any, period: float) -> bool:
     return LINK.reachable_for() >= period and int((await redis.info("server"))["uptime_in_seconds"]) >= period
 
 
-async def reclaim_loop(redis: Any, settings: Any) -> None:
-    interval = max(1.0, lease_s(settings) / 3)
+async def reclaim_loop(redis: Any, settings: Settings) -> None:
+    interval = max(1.0, settings.recording.lease_s / 3)
     while True:
         try:
             await reclaim_orphans(redis, settings)

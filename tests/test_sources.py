@@ -82,8 +82,8 @@ def test_unmapped_and_non_lesson_modules_are_ignored_not_errors() -> None:
 
 def test_source_can_override_the_map() -> None:
     source = SourceConfig(name="m", format="moodle", provider="sandbox", token="t",
-                          options={"event_map": {"\\core\\event\\user_loggedin": "user.joined",
-                                                 "\\mod_jitsi\\event\\jitsi_session_enter": ""}})
+                          event_map={"\\core\\event\\user_loggedin": "user.joined",
+                                     "\\mod_jitsi\\event\\jitsi_session_enter": ""})
     assert moodle.parse(source, fixture("jitsi_session_enter")).event is None
     # Mapped now, but a log-in has no lesson context: ignored with a reason rather than a lesson invented.
     logged_in = moodle.parse(source, fixture("user_loggedin"))

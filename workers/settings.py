@@ -16,7 +16,7 @@ from bridge.lifecycle import Runtime
 from bridge.processes import tune_gc_for_service
 from bridge.providers import build_provider
 from bridge.providers.base import PROVIDER_DEADLINE_S
-from bridge.recorder import reclaim_loop, recorder_config
+from bridge.recorder import reclaim_loop
 from bridge.routing import JOBS_BY_TYPE
 from bridge.store import RECORDER_QUEUE, WORKER_QUEUE, deserialize_arq, serialize_arq, worker_redis
 from workers.jobs import MAX_TRIES, deliver_webhook, event_job, rides_out_redis
@@ -44,7 +44,7 @@ def job_deadline_s(settings: Settings) -> float:
 def _functions(settings: Settings, queue: str) -> list[Function]:
     names = sorted({function for steps in JOBS_BY_TYPE.values() for q, function in steps if q == queue})
     if queue == RECORDER_QUEUE:
-        timeout = settings.recording_max_duration_s + RECORDER_GRACE_S
+        timeout = settings.recording.max_duration_s + RECORDER_GRACE_S
         return [func(event_job(name, timeout - 5, RECORDER_TRIES), name=name, timeout=timeout,
                      max_tries=RECORDER_TRIES + 1) for name in names]
     deadline = job_deadline_s(settings)
@@ -60,7 +60,7 @@ def worker_settings(settings: Settings, queue: str = WORKER_QUEUE) -> dict[str, 
         providers = {name: build_provider(name, cfg.kind, cfg.settings, http)
                      for name, cfg in settings.providers.items()}
         ctx["bridge"] = Runtime(settings=settings, redis=ctx["redis"], http=http, webhooks=transport,
-                                providers=providers, recording=recorder_config(settings) if recorder else None)
+                                providers=providers, recording=settings.recording if recorder else None)
         if recorder:
             ctx["reclaim"] = asyncio.ensure_future(reclaim_loop(ctx["redis"], settings))
         tune_gc_for_service()

@@ -15,13 +15,12 @@ from bridge.recording.config import (
     FinalizeResult,
     InsufficientDiskSpace,
     ListenSpec,
-    RecorderConfig,
     RecordingBusy,
     RecordingError,
     RecordingSpec,
     RunResult,
-    StopGraces,
     check_ffmpeg,
+    select_ffmpeg,
 )
 from bridge.recording.ffmpeg import (
     SUPPORTED,
@@ -44,6 +43,7 @@ from bridge.recording.session import (
     get_session,
     stop_all,
 )
+from bridge.schema.config import RecorderConfig, StopGraces
 
 __all__ = [
     "PDEATHSIG_AVAILABLE",
@@ -74,6 +74,7 @@ __all__ = [
     "get_session",
     "locate_ffmpeg",
     "probe",
+    "select_ffmpeg",
     "slug",
     "stop_all",
 ]

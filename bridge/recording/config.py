@@ -1,26 +1,24 @@
-"""What a recording needs: recorder settings, one recording's spec, results, and errors."""
+"""What a recording needs: recorder settings (declared with the configuration, in bridge.schema.config),
+one recording's spec, results, and errors."""
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 from bridge.recording.ffmpeg import (
     LISTEN_PROTOCOLS,
-    PART_FORMATS,
     FFmpegBinaries,
     FFmpegError,
     FFmpegVersionError,
     locate_ffmpeg,
     require_supported,
 )
+from bridge.schema.config import RecorderConfig
 
-GiB = 1024**3
 log = logging.getLogger("bridge.recording")
 
 
@@ -44,96 +42,24 @@ class RecordingBusy(RecordingError):
         super().__init__("busy", message)
 
 
-@dataclass(frozen=True)
-class StopGraces:
-    """How long each stop step may take before the next, harsher one (seconds)."""
+def select_ffmpeg(config: RecorderConfig) -> FFmpegBinaries:
+    """The FFmpeg (and ffprobe) this config selects, checked against ``ffmpeg.SUPPORTED``.
 
-    q: float = 2.0            # 'q' on stdin: FFmpeg finishes the part cleanly
-    q_stalled: float = 0.5    # the same when the input is known stalled ('q' cannot unblock a read)
-    sigint: float = 3.0       # first SIGINT
-    sigint_stalled: float = 0.5   # after init, FFmpeg's read interrupt needs a *second* signal
-    sigint2: float = 2.0      # second SIGINT aborts a blocking read that ignored the first
-    sigkill: float = 2.0      # after SIGKILL only the kernel's reaping is left
-
-    @property
-    def total(self) -> float:
-        return self.q + self.sigint + self.sigint2 + self.sigkill
-
-
-@dataclass(frozen=True)
-class RecorderConfig:
-    """Recorder settings. ``from_settings`` reads the ``[recording]`` TOML table (``dir`` and
-    ``max_duration_s`` are contract keys) plus ``BRIDGE_FFMPEG`` / ``BRIDGE_FFPROBE``."""
-
-    root: Path = Path("var/recordings")
-    max_duration_s: float = 6 * 3600.0
-    ffmpeg: str | None = None               # "auto" (None: BRIDGE_FFMPEG, else auto) | "bundled" | a path
-    ffprobe: str | None = None
-    min_free_bytes: int = 2 * GiB           # refuse to start below this
-    stop_free_bytes: int | None = None      # stop a running recording below this (default min_free/4)
-    disk_check_period_s: float = 5.0
-    part_format: str = "mpegts"             # mpegts | matroska: both survive a kill
-    flush_packets: bool = True              # write each packet through: a kill loses nothing buffered
-    progress_period_s: float = 0.5
-    loglevel: str = "warning"
-    stderr_tail_lines: int = 20
-    stop_graces: StopGraces = field(default_factory=StopGraces)
-    listen_host: str = "127.0.0.1"          # where listen-mode FFmpeg binds
-    public_host: str | None = None          # host in the push URL handed out (default listen_host)
-    listen_port_range: tuple[int, int] = (19350, 19449)   # for ListenSpec(port=0)
-    reconnect_backoff_s: tuple[float, ...] = (1.0, 2.0, 5.0)
-    finalize_timeout_s: float = 600.0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root).expanduser().resolve())
-        if self.part_format not in PART_FORMATS:
-            raise RecordingError("bad_spec", f"recording.part_format must be one of {sorted(PART_FORMATS)}")
-
-    def binaries(self) -> FFmpegBinaries:
-        """The FFmpeg (and ffprobe) this config selects, checked against ``ffmpeg.SUPPORTED``.
-
-        Raises RecordingError ``ffmpeg_not_found`` or ``ffmpeg_version`` (the message names the binary's
-        path, its version and the supported range)."""
-        try:
-            return require_supported(locate_ffmpeg(self.ffmpeg, self.ffprobe))
-        except FFmpegVersionError as exc:
-            raise RecordingError("ffmpeg_version", str(exc)) from exc
-        except FFmpegError as exc:
-            raise RecordingError("ffmpeg_not_found", str(exc)) from exc
-
-    @property
-    def part_extension(self) -> str:
-        return PART_FORMATS[self.part_format]
-
-    @property
-    def effective_stop_free_bytes(self) -> int:
-        return self.stop_free_bytes if self.stop_free_bytes is not None else self.min_free_bytes // 4
-
-    @classmethod
-    def from_settings(cls, table: Mapping[str, Any] | None = None,
-                      env: Mapping[str, str] | None = None) -> RecorderConfig:
-        """Build from a ``[recording]`` table: ``dir`` → root; unknown keys are ignored."""
-        env = os.environ if env is None else env
-        table = dict(table or {})
-        if "dir" in table:
-            table["root"] = table.pop("dir")
-        known = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in table.items() if k in known}
-        if isinstance(kwargs.get("stop_graces"), Mapping):
-            kwargs["stop_graces"] = StopGraces(**kwargs["stop_graces"])
-        for key in ("listen_port_range", "reconnect_backoff_s"):
-            if key in kwargs:
-                kwargs[key] = tuple(kwargs[key])
-        kwargs.setdefault("ffmpeg", env.get("BRIDGE_FFMPEG") or None)
-        kwargs.setdefault("ffprobe", env.get("BRIDGE_FFPROBE") or None)
-        return cls(**kwargs)
+    Raises RecordingError ``ffmpeg_not_found`` or ``ffmpeg_version`` (the message names the binary's
+    path, its version and the supported range)."""
+    try:
+        return require_supported(locate_ffmpeg(config.ffmpeg, config.ffprobe))
+    except FFmpegVersionError as exc:
+        raise RecordingError("ffmpeg_version", str(exc)) from exc
+    except FFmpegError as exc:
+        raise RecordingError("ffmpeg_not_found", str(exc)) from exc
 
 
 def check_ffmpeg(config: RecorderConfig) -> FFmpegBinaries:
     """Start-up check of every process that runs FFmpeg: the configured binaries exist and are in
     ``ffmpeg.SUPPORTED``. Logs what was chosen (and any PATH binary passed over); raises RecordingError
     (``ffmpeg_not_found`` / ``ffmpeg_version``) with the path, the version and the range."""
-    binaries = config.binaries()
+    binaries = select_ffmpeg(config)
     for note in binaries.skipped:
         log.warning("%s; using %s instead", note, binaries.ffmpeg)
     log.info("recording with %s", binaries.describe())

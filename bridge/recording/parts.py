@@ -31,7 +31,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridge.recording.config import FinalizeResult, InsufficientDiskSpace, RecorderConfig, RecordingError
+from bridge.recording.config import (
+    FinalizeResult,
+    InsufficientDiskSpace,
+    RecorderConfig,
+    RecordingError,
+    select_ffmpeg,
+)
 from bridge.recording.ffmpeg import (
     PART_FORMATS,
     FFmpegBinaries,
@@ -297,7 +303,7 @@ async def finalize(lesson_id: str, recording_id: str, config: RecorderConfig | N
     FFmpeg's last stderr lines instead.
     """
     config = config or RecorderConfig()
-    paths = RecordingPaths(config.root, lesson_id, recording_id)
+    paths = RecordingPaths(config.dir, lesson_id, recording_id)
     base = {"recording_id": recording_id, "lesson_id": lesson_id}
 
     def fail(reason: str, detail: str = "", tail: Sequence[str] = (), **extra: object) -> FinalizeResult:
@@ -308,7 +314,7 @@ async def finalize(lesson_id: str, recording_id: str, config: RecorderConfig | N
         return FinalizeResult(ok=False, reason=reason, stderr_tail=lines, **base, **extra)  # type: ignore[arg-type]
 
     try:
-        binaries = binaries or config.binaries()
+        binaries = binaries or select_ffmpeg(config)
     except RecordingError as exc:
         return fail(exc.code, str(exc))
     if not paths.dir.is_dir():

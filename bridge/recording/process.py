@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from bridge.recording.config import StopGraces
+    from bridge.schema.config import StopGraces
 
 PR_SET_PDEATHSIG = 1
 

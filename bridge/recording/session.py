@@ -42,8 +42,10 @@ from bridge.recording.config import (
     RecordingError,
     RecordingSpec,
     RunResult,
+    select_ffmpeg,
 )
 from bridge.recording.ffmpeg import (
+    PART_FORMATS,
     FFmpegBinaries,
     FFmpegError,
     Progress,
@@ -100,7 +102,7 @@ class RecordingSession:
                  binaries: FFmpegBinaries | None = None):
         self.spec = spec
         self.config = config or RecorderConfig()
-        self.paths = RecordingPaths(self.config.root, spec.lesson_id, spec.recording_id)
+        self.paths = RecordingPaths(self.config.dir, spec.lesson_id, spec.recording_id)
         self.on_progress = on_progress
         self.on_state = on_state
         self._binaries = binaries
@@ -191,7 +193,7 @@ class RecordingSession:
         self._loop_thread = threading.get_ident()
         if self.key in _ACTIVE:
             raise RecordingBusy(f"recording {self.spec.recording_id} is already running in this process")
-        binaries = self._binaries or self.config.binaries()
+        binaries = self._binaries or select_ffmpeg(self.config)
         self._binaries = binaries
         self.paths.dir.mkdir(parents=True, exist_ok=True)
         check_free_space(self.paths.dir, self.config.min_free_bytes)
@@ -354,7 +356,7 @@ class RecordingSession:
         spec, config = self.spec, self.config
         assert self._binaries is not None
         index = self.paths.next_part_index()
-        part = self.paths.part_path(index, config.part_extension)
+        part = self.paths.part_path(index, PART_FORMATS[config.part_format])
         url = self._listen_url if spec.is_listen else spec.source_url
         assert url is not None
         cmd = build_record_command(

@@ -15,7 +15,7 @@ from bridge.sources.base import InvalidEvent, Parsed
 from bridge.sources.canonical import EVENT_TYPES, INTERNAL_TYPES, iso, validate
 
 if TYPE_CHECKING:
-    from bridge.config import SourceConfig
+    from bridge.schema.config import SourceConfig
 
 DEFAULT_EVENT_MAP: dict[str, str] = {
     "\\core\\event\\calendar_event_created": "lesson.scheduled",
@@ -34,9 +34,6 @@ DEFAULT_EVENT_MAP: dict[str, str] = {
     "\\core\\event\\role_assigned": "role.assigned",
     "\\core\\event\\role_unassigned": "role.unassigned",
 }
-# Course-module events concern every activity (forums, quizzes...); only these are lessons.
-DEFAULT_CONFERENCE_MODULES = ("bigbluebuttonbn", "zoom", "jitsi")
-DEFAULT_TEACHER_ROLE_IDS = ("1", "3", "4")   # manager, editingteacher, teacher
 CONTEXT_MODULE = "70"
 MAX_UNIX_TIME = 253402300799     # 9999-12-31T23:59:59Z: the last second a datetime holds
 IDENTITY_FIELDS = ("host", "eventname", "objectid", "contextinstanceid", "userid", "relateduserid",
@@ -59,8 +56,7 @@ def event_id(item: dict[str, Any]) -> str:
 
 
 def event_map(source: SourceConfig) -> dict[str, str]:
-    overrides = source.options.get("event_map", {})
-    return {**DEFAULT_EVENT_MAP, **overrides}
+    return {**DEFAULT_EVENT_MAP, **source.event_map}
 
 
 def _lesson_id(host: str, item: dict[str, Any]) -> str | None:
@@ -98,8 +94,8 @@ def parse(source: SourceConfig, item: Any) -> Parsed:
         raise InvalidEvent("eventname", f"source maps it to unknown type {canonical_type!r}")
 
     other = item.get("other") if isinstance(item.get("other"), dict) else {}
-    modules = source.options.get("conference_modules", DEFAULT_CONFERENCE_MODULES)
-    if name.startswith("\\core\\event\\course_module_") and other.get("modulename") not in modules:
+    # Course-module events concern every activity (forums, quizzes...); only conference modules are lessons.
+    if name.startswith("\\core\\event\\course_module_") and other.get("modulename") not in source.conference_modules:
         return Parsed(eid, raw, None, ignored_reason=f"module {other.get('modulename')!r} is not a lesson")
 
     host = normalise_id(item.get("host")) or source.name
@@ -111,8 +107,7 @@ def parse(source: SourceConfig, item: Any) -> Parsed:
 
     if canonical_type in INTERNAL_TYPES:
         role_id = normalise_id(item.get("objectid"))
-        teacher_ids = {normalise_id(r) for r in source.options.get("teacher_role_ids", DEFAULT_TEACHER_ROLE_IDS)}
-        data["teacher"] = role_id in teacher_ids
+        data["teacher"] = role_id in source.teacher_role_ids
         event["user"] = {"id": normalise_id(item.get("relateduserid")) or "0"}
         return Parsed(eid, raw, validate(event, source.provider, internal=True))
 
@@ -129,6 +124,5 @@ def parse(source: SourceConfig, item: Any) -> Parsed:
     user_id = normalise_id(item.get("userid"))
     if user_id and user_id != "0":
         is_host = other.get("userishost") in (True, 1, "1", "true")
-        default_role = str(source.options.get("default_role", "student"))
-        event["user"] = {"id": user_id, "role": "teacher" if is_host else default_role}
+        event["user"] = {"id": user_id, "role": "teacher" if is_host else source.default_role}
     return Parsed(eid, raw, validate(event, source.provider))

@@ -118,7 +118,7 @@ def source_head_s(source_head: bytes, media_bin: FFmpegBinaries, tmp_path_factor
 
 @pytest.fixture
 def rec_config(tmp_path: Path, ffbin: FFmpegBinaries) -> RecorderConfig:
-    return RecorderConfig(root=tmp_path / "recordings", min_free_bytes=16 * 2**20, progress_period_s=0.25,
+    return RecorderConfig(dir=tmp_path / "recordings", min_free_bytes=16 * 2**20, progress_period_s=0.25,
                           ffmpeg=choice(ffbin), ffprobe=ffbin.ffprobe or "none")
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.config import load_settings
 from bridge.recording import (
     SUPPORTED,
     InsufficientDiskSpace,
@@ -22,6 +23,7 @@ from bridge.recording import (
     RecordingSpec,
     locate_ffmpeg,
     probe,
+    select_ffmpeg,
     slug,
 )
 from bridge.recording.ffmpeg import (
@@ -140,10 +142,10 @@ async def test_auto_passes_over_an_unsupported_path_ffmpeg_and_explicit_ones_are
     message = str(err.value)
     assert str(old) in message and "4.4.2-0ubuntu0.22.04.1" in message and str(SUPPORTED) in message
     with pytest.raises(RecordingError) as refused:
-        RecorderConfig(root=tmp_path / "r", ffmpeg=str(old)).binaries()
+        select_ffmpeg(RecorderConfig(dir=tmp_path / "r", ffmpeg=str(old)))
     assert refused.value.code == "ffmpeg_version" and str(old) in str(refused.value)
     session = RecordingSession(RecordingSpec(recording_id="r", lesson_id="l", source_url="/x.ts"),
-                               RecorderConfig(root=tmp_path / "r", ffmpeg=str(old), min_free_bytes=0))
+                               RecorderConfig(dir=tmp_path / "r", ffmpeg=str(old), min_free_bytes=0))
     with pytest.raises(RecordingError) as at_start:
         await session.start()
     assert at_start.value.code == "ffmpeg_version"
@@ -308,7 +310,7 @@ def test_parts_are_numbered_in_recording_order(tmp_path: Path) -> None:
     assert paths.final_file.name.endswith(".mp4") and paths.final_file.parent == paths.dir
 
 
-def test_spec_validation_and_config_from_settings(tmp_path: Path) -> None:
+def test_spec_validation_and_recording_settings(tmp_path: Path) -> None:
     with pytest.raises(RecordingError):
         RecordingSpec(recording_id="", lesson_id="l")
     with pytest.raises(RecordingError):
@@ -316,14 +318,15 @@ def test_spec_validation_and_config_from_settings(tmp_path: Path) -> None:
     with pytest.raises(RecordingError):
         RecordingSpec(recording_id="r", lesson_id="l", listen=ListenSpec(protocol="rtsp"))
     assert RecordingSpec(recording_id="r", lesson_id="l").is_listen
-    cfg = RecorderConfig.from_settings({"dir": str(tmp_path / "r"), "max_duration_s": 60, "other": 1,
-                                        "stop_graces": {"q": 1.0}}, env={"BRIDGE_FFMPEG": "/x/ffmpeg"})
-    assert cfg.root == (tmp_path / "r").resolve() and cfg.max_duration_s == 60 and cfg.ffmpeg == "/x/ffmpeg"
-    assert cfg.stop_graces.q == 1.0 and cfg.root.is_absolute()
+    config = tmp_path / "bridge.toml"
+    config.write_text(f'[recording]\ndir = "{tmp_path / "r"}"\nmax_duration_s = 60\n[recording.stop_graces]\nq = 1.0\n')
+    cfg = load_settings({"BRIDGE_CONFIG": str(config)}).recording
+    assert cfg.dir == (tmp_path / "r").resolve() and cfg.max_duration_s == 60 and cfg.ffmpeg is None
+    assert cfg.stop_graces.q == 1.0 and cfg.stop_graces.sigint == 3.0 and cfg.dir.is_absolute()
 
 
 async def test_start_refuses_when_disk_is_short(tmp_path: Path) -> None:
-    cfg = RecorderConfig(root=tmp_path, min_free_bytes=2**62)
+    cfg = RecorderConfig(dir=tmp_path, min_free_bytes=2**62)
     session = RecordingSession(RecordingSpec(recording_id="r", lesson_id="l", source_url="/x.ts"), cfg)
     with pytest.raises(InsufficientDiskSpace) as err:
         await session.start()

@@ -28,7 +28,7 @@ from bridge.recording import RecorderConfig, RecordingSession, RecordingSpec
 
 async def main():
     root, source, ffmpeg = sys.argv[1], sys.argv[2], sys.argv[3]
-    config = RecorderConfig(root=root, min_free_bytes=2**20, progress_period_s=0.25, ffmpeg=ffmpeg)
+    config = RecorderConfig(dir=root, min_free_bytes=2**20, progress_period_s=0.25, ffmpeg=ffmpeg)
     spec = RecordingSpec(recording_id="rec-kill", lesson_id="l-kill", source_url=source, realtime=True,
                          input_options={"stream_loop": -1})
     def report(p):
@@ -50,7 +50,7 @@ def _spec(source: Path) -> RecordingSpec:
 async def test_sigkilled_supervisor_takes_ffmpeg_along_and_the_rerun_adds_a_part(
         source_ts: Path, rec_config: RecorderConfig, ffbin: FFmpegBinaries) -> None:
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", CHILD, str(rec_config.root), str(source_ts), choice(ffbin), cwd=ROOT,
+        sys.executable, "-c", CHILD, str(rec_config.dir), str(source_ts), choice(ffbin), cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
     ffmpeg_pid = None
     try:
@@ -71,7 +71,7 @@ async def test_sigkilled_supervisor_takes_ffmpeg_along_and_the_rerun_adds_a_part
             await child.wait()
     await wait_for(lambda: process_gone(ffmpeg_pid), 5, f"ffmpeg pid {ffmpeg_pid} to die with its parent")
 
-    paths = RecordingPaths(rec_config.root, "l-kill", "rec-kill")
+    paths = RecordingPaths(rec_config.dir, "l-kill", "rec-kill")
     first = await probe(paths.part_path(0), ffbin)       # a part cut by SIGKILL is still readable
     assert first.has_video and first.has_audio and (first.duration_s or 0) >= 2.0 - CUT_TOLERANCE_S
 
@@ -95,7 +95,7 @@ async def test_a_surviving_ffmpeg_of_the_recording_is_reaped_on_the_next_start(
         source_ts: Path, rec_config: RecorderConfig, ffbin: FFmpegBinaries) -> None:
     """Without PDEATHSIG (other platforms) an FFmpeg may survive its supervisor; the next supervisor
     of the same recording finds it through .ffmpeg.pid and /proc and kills it before writing."""
-    paths = RecordingPaths(rec_config.root, "l-kill", "rec-kill")
+    paths = RecordingPaths(rec_config.dir, "l-kill", "rec-kill")
     paths.dir.mkdir(parents=True)
     orphan_part = paths.part_path(0)
     orphan = await asyncio.create_subprocess_exec(
@@ -135,7 +135,7 @@ from bridge.recording import RecorderConfig, RecordingSession, RecordingSpec, fi
 
 async def main():
     root, source, ffmpeg = sys.argv[1], sys.argv[2], sys.argv[3]
-    config = RecorderConfig(root=root, min_free_bytes=2**20, progress_period_s=0.25, ffmpeg=ffmpeg)
+    config = RecorderConfig(dir=root, min_free_bytes=2**20, progress_period_s=0.25, ffmpeg=ffmpeg)
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, done.set)
@@ -160,7 +160,7 @@ asyncio.run(main())
 async def test_sigterm_finalizes_every_running_recording(source_ts: Path, rec_config: RecorderConfig,
                                                           ffbin: FFmpegBinaries) -> None:
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", SIGTERM_CHILD, str(rec_config.root), str(source_ts), choice(ffbin), cwd=ROOT,
+        sys.executable, "-c", SIGTERM_CHILD, str(rec_config.dir), str(source_ts), choice(ffbin), cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         line = await asyncio.wait_for(child.stdout.readline(), 20)

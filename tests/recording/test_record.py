@@ -71,7 +71,7 @@ async def test_pull_file_in_real_time_then_finalize(source_ts: Path, rec_config:
 
     final = await session.finalize()
     assert final.ok and final.container == "mp4" and final.parts == ("part-000.ts",)
-    assert Path(final.file).is_absolute() and Path(final.file).is_relative_to(rec_config.root)
+    assert Path(final.file).is_absolute() and Path(final.file).is_relative_to(rec_config.dir)
     data = await asyncio.to_thread(Path(final.file).read_bytes)
     assert final.bytes == len(data) and final.sha256 == hashlib.sha256(data).hexdigest()
     assert final.duration_s == pytest.approx(3, abs=CUT_TOLERANCE_S)
@@ -164,7 +164,7 @@ async def test_stop_while_the_input_is_stalled_is_bounded_and_keeps_a_valid_part
 
 async def test_stall_is_detected_reconnects_into_a_new_part_then_fails(
         source_head: bytes, source_head_s: float, tmp_path: Path, ffbin: FFmpegBinaries) -> None:
-    config = RecorderConfig(root=tmp_path / "rec", min_free_bytes=2**20, progress_period_s=0.25,
+    config = RecorderConfig(dir=tmp_path / "rec", min_free_bytes=2**20, progress_period_s=0.25,
                             reconnect_backoff_s=(0.2,), ffmpeg=choice(ffbin))
     states: list[SessionState] = []
     with stalling_server(source_head) as port:             # ≈ 6 s per connection, then silence
