@@ -25,7 +25,8 @@ from pydantic import (
     model_validator,
 )
 
-from bridge.providers import KINDS
+from bridge.providers import KINDS, settings_model
+from bridge.providers.base import SettingsError
 from bridge.sources import FORMATS
 
 DEFAULT_DATA_DIR = Path("var")
@@ -284,16 +285,17 @@ class ProviderConfig(Table):
         if not isinstance(table, dict) or "settings" in table:
             return table
         own = {key: table[key] for key in ("name", "kind") if key in table}
-        settings = {key: value for key, value in table.items() if key not in own}
-        key_file = settings.pop("private_key_file", None)
-        if key_file is not None:
-            if not isinstance(key_file, str):
-                raise KeyProblem("private_key_file", "must be a file path string")
-            try:
-                settings["private_key"] = Path(key_file).read_text()
-            except OSError as exc:
-                raise KeyProblem("private_key_file", f"cannot read {key_file}: {exc.strerror}") from None
-        return {**own, "settings": settings}
+        return {**own, "settings": {key: value for key, value in table.items() if key not in own}}
+
+    @model_validator(mode="after")
+    def _adapter_accepts(self) -> ProviderConfig:
+        # Checked here, at start-up in every process, against the kind's declared settings: an unknown or
+        # wrong key stops the web process too, not only the workers that build adapters.
+        try:
+            settings_model(self.kind).parse(self.settings)
+        except SettingsError as exc:
+            raise KeyProblem(exc.key, exc.problem) from None
+        return self
 
 
 def _named(tables: Any, section: str) -> Any:
