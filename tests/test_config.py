@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bridge.config import ConfigError, Settings, load_settings
 from bridge.schema.config import BridgeTable, RecorderConfig, StorageTable, WebhooksTable
@@ -87,7 +89,7 @@ def test_an_unknown_key_at_any_level_is_named(tmp_path: Path, text: str, message
      "sources.m.calendar_lessons: must be 'course', 'none' or 'all'"),
     ("[providers.p]\napi_base = 'x'", "providers.p.kind: is required"),
     ("[providers.p]\nkind = 'zoom'", "providers.p.kind: unknown kind 'zoom'; known: "),
-    ("[providers.p]\nkind = 'jaas'\nprivate_key_file = '/nonexistent/key.pem'",
+    ("[providers.p]\nkind = 'jaas'\napp_id = 'a'\nkey_id = 'k'\nprivate_key_file = '/nonexistent/key.pem'",
      "providers.p.private_key_file: cannot read /nonexistent/key.pem: No such file or directory"),
     ("[sources.lms]\ntoken = '${LB_TEST_UNSET}'", "sources.lms.token: environment variable LB_TEST_UNSET is not set"),
     ("[bridge]\nadmin_token = 'x'",
@@ -158,7 +160,8 @@ teacher_role_ids = [3, " 9 "]
 
 def test_values_from_the_file(tmp_path: Path) -> None:
     key = tmp_path / "key.pem"
-    key.write_text("-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----\n")
+    key.write_bytes(rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     settings = load(tmp_path, f"""
 [recording]
 dir = "{tmp_path / 'rec'}"
@@ -168,6 +171,7 @@ retry_schedule = [0.5, 1]
 [providers.jaas]
 kind = "jaas"
 app_id = "vpaas-magic-cookie-1"
+key_id = "k1"
 private_key_file = "{key}"
 [sources.moodle]
 format = "moodle"
@@ -180,7 +184,8 @@ event_map = {{ "\\\\core\\\\event\\\\user_loggedin" = "user.joined" }}
     assert settings.recording.dir == tmp_path / "rec" and settings.recording.lease_s == 2
     assert settings.webhook_retry_schedule == (0.5, 1.0)
     jaas = settings.providers["jaas"]
-    assert jaas.settings == {"app_id": "vpaas-magic-cookie-1", "private_key": key.read_text()}
+    # The adapter's own settings read the key file (and refuse one it cannot read or parse).
+    assert jaas.settings == {"app_id": "vpaas-magic-cookie-1", "key_id": "k1", "private_key_file": str(key)}
     moodle = settings.sources["moodle"]
     assert moodle.token is None and moodle.signing_secret == SECRET      # "" is unset, as the contract shows
     assert moodle.webhook_secrets == (SECRET,) and moodle.event_map == {"\\core\\event\\user_loggedin": "user.joined"}

@@ -43,7 +43,7 @@ def _read_key(pem: str | None, path: str | None) -> tuple[bytes, str]:
         try:
             return Path(path).expanduser().read_bytes(), "private_key_file"
         except OSError as exc:
-            raise SettingsError("private_key_file", f"cannot read the file ({type(exc).__name__})") from None
+            raise SettingsError("private_key_file", f"cannot read {path}: {exc.strerror}") from None
     if pem:
         if "\\n" in pem and "\n" not in pem.strip():
             pem = pem.replace("\\n", "\n")    # a PEM squeezed onto one line in an env var
