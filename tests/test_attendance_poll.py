@@ -61,7 +61,8 @@ job_retry_base_s = 0.1
 
 
 def owt_table(url: str) -> str:
-    return f'[providers.p]\nkind = "owt"\nbase_url = "{url}"\nservice_id = "{SERVICE_ID}"\nservice_key = "{SERVICE_KEY}"'
+    return (f'[providers.p]\nkind = "owt"\nbase_url = "{url}"\nservice_id = "{SERVICE_ID}"\n'
+            f'service_key = "{SERVICE_KEY}"')
 
 
 def om_table(url: str) -> str:
