@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 from arq.connections import ArqRedis
 
+from bridge import polling
 from bridge.config import Settings, SourceConfig
 from bridge.providers.base import Capability, Provider, ProviderError, Room
 from bridge.recording import RecorderConfig
@@ -179,6 +180,18 @@ async def lesson_started(job: Job) -> None:
     room, _ = await ensure_room(job)
     await job.save(status="started")
     await job.emit(WebhookType.ROOM_UPDATED, {**_room_webhook_data(job, room), "status": "started"})
+    await watch_attendance(job)
+
+
+async def watch_attendance(job: Job) -> None:
+    """The lesson is live: a provider without webhooks has its room polled until the lesson is over
+    (bridge.polling). A replay starts nothing: the session it belonged to was polled at the time."""
+    provider = polling.polled(await job.provider())
+    if job.replay_of or provider is None:
+        return
+    over = (await job.state()).get("status") in ("ended", "cancelled")
+    await polling.start(job.rt.redis, job.source.name, job.lesson.id, await job.provider_name(), job.event["id"],
+                        over)
 
 
 async def _close(job: Job, status: str, webhook_type: WebhookType, operation: Callable[[Provider, Lesson, Room],
@@ -220,8 +233,11 @@ async def user_joined(job: Job) -> None:
     user = await resolve_role(job)
     room, _ = await ensure_room(job)
     grant = await (await job.provider()).join(job.lesson, room, user)
+    await polling.remember_attendee(job.rt.redis, job.source.name, job.lesson.id, user.id, user.name or user.id,
+                                    "moderator" if user.is_moderator else "guest")
     await job.emit(WebhookType.JOIN_READY, {"user_id": user.id, "role": grant.role, "join_url": grant.join_url,
                                             "token": grant.token, "expires_at": iso(grant.expires_at)})
+    await watch_attendance(job)
 
 
 async def user_left(job: Job) -> None:

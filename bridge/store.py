@@ -61,6 +61,17 @@ def attendance_sessions_key(source: str, lesson_id: str) -> str:
     return f"{PREFIX}attendance-sessions:{source}:{lesson_id}"
 
 
+def attendance_poll_key(source: str, lesson_id: str) -> str:
+    """Hash: the live polling session of a lesson (OWT, OpenMeetings): `session`, `event_id`, `provider`,
+    `started_ms`, `over_at_start`, `tick` (the next to run), `met`, `present` (JSON: who the last poll saw)."""
+    return f"{PREFIX}attendance-poll:{source}:{lesson_id}"
+
+
+def attendance_roster_key(source: str, lesson_id: str) -> str:
+    """Hash: LMS user id → JSON {name, role} the bridge joined them with (polled providers list no names)."""
+    return f"{PREFIX}attendance-roster:{source}:{lesson_id}"
+
+
 def lesson_lock_key(source: str, lesson_id: str) -> str:
     return f"{PREFIX}lock:lesson:{source}:{lesson_id}"
 

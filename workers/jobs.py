@@ -18,6 +18,7 @@ from arq import Retry
 from redis.exceptions import LockError
 
 from bridge import lifecycle, metrics, recorder
+from bridge.attendance_poll import poll_tick
 from bridge.clock import utc_now_iso
 from bridge.lifecycle import Job, Runtime
 from bridge.providers.base import ProviderError
@@ -146,3 +147,32 @@ async def deliver_webhook(ctx: dict[str, Any], webhook_id: str, attempt: int, wa
     status = await deliver(rt.redis, rt.webhooks, rt.settings, webhook_id, attempt, waits)
     await metrics.observe_job(rt.redis, "deliver_webhook", status, time.perf_counter() - started)
     return status
+
+
+def attendance_poll_job(deadline_s: float, max_tries: int = MAX_TRIES) -> JobFunction:
+    """The arq function for one tick of a live lesson's participant polling (bridge.attendance_poll).
+
+    A tick that overruns or crashes is run again (it is safe to repeat); after `max_tries` the chain
+    stops, loudly, and the lesson's next join or lesson.started starts it again."""
+
+    async def attendance_poll(ctx: dict[str, Any], source: str, lesson_id: str, session: str, tick: int) -> str:
+        rt: Runtime = ctx["bridge"]
+        job_try = int(ctx.get("job_try", 1))
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(job="attendance_poll", lesson_id=lesson_id, tick=tick, job_try=job_try)
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(deadline_s):
+                status = await poll_tick(rt, source, lesson_id, session, tick)
+        except REDIS_AWAY:
+            raise                   # rides_out_redis runs the tick again
+        except Exception as exc:   # a timeout or a bug: the tick is run again, up to max_tries
+            log.exception("attendance_poll.failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            status = "failed"
+            if job_try < max_tries:
+                await metrics.observe_job(rt.redis, "attendance_poll", "retrying", time.perf_counter() - started)
+                raise Retry(defer=retry_delay(rt.settings.job_retry_base_s, job_try, None)) from None
+        await metrics.observe_job(rt.redis, "attendance_poll", status, time.perf_counter() - started)
+        return status
+
+    return rides_out_redis(attendance_poll, deadline_s)

@@ -13,17 +13,19 @@ from bridge.config import Settings
 from bridge.eventlog.retention import trim_job
 from bridge.http_transport import ConnectionPerRequestTransport
 from bridge.lifecycle import Runtime
+from bridge.polling import POLL_FUNCTION
 from bridge.processes import tune_gc_for_service
 from bridge.providers import build_provider
 from bridge.providers.base import PROVIDER_DEADLINE_S
 from bridge.recorder import reclaim_loop
 from bridge.routing import JOBS_BY_TYPE
 from bridge.store import RECORDER_QUEUE, WORKER_QUEUE, deserialize_arq, serialize_arq, worker_redis
-from workers.jobs import MAX_TRIES, deliver_webhook, event_job, rides_out_redis
+from workers.jobs import MAX_TRIES, attendance_poll_job, deliver_webhook, event_job, rides_out_redis
 
 RECORDER_GRACE_S = 300      # joining parts and probing after the longest recording
 DRAIN_S = 20                 # on SIGTERM, in-flight jobs get this long; platforms kill at 30 s
 HEALTH_CHECK_S = 10
+POLL_RESULT_KEEP_S = 60
 
 
 RECORDER_TRIES = 100         # a recording is handed back at every recorder restart (deploys, scaling)
@@ -78,6 +80,10 @@ def worker_settings(settings: Settings, queue: str = WORKER_QUEUE) -> dict[str, 
     if queue == WORKER_QUEUE:
         functions.append(func(rides_out_redis(deliver_webhook, job_deadline_s(settings)), name="deliver_webhook",
                               max_tries=3))
+        # A tick's result guards nothing once the next tick is queued (bridge.polling): kept briefly, so
+        # a lesson polled every few seconds leaves a handful of result keys, not an hour's worth.
+        functions.append(func(attendance_poll_job(job_deadline_s(settings)), name=POLL_FUNCTION,
+                              max_tries=MAX_TRIES + 1, keep_result=POLL_RESULT_KEEP_S))
     return {
         "functions": functions,
         "queue_name": queue,

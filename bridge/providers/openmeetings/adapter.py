@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 import httpx
 
+from bridge.polling import Attendee
 from bridge.providers.base import Capability, HttpProvider, JoinGrant, Lesson, ProviderError, Room, User
 from bridge.providers.openmeetings import auth, wire
 from bridge.providers.openmeetings.settings import OpenMeetingsSettings
@@ -46,6 +47,7 @@ class OpenMeetingsProvider(HttpProvider):
         self._language = settings.language
         self._show_av_test = settings.show_audio_video_test
         self._moderator_roles = frozenset(settings.moderator_roles)
+        self.attendance_poll_s = settings.attendance_poll_s
         self._sid: str | None = None
         self._login_lock = asyncio.Lock()
 
@@ -207,6 +209,20 @@ class OpenMeetingsProvider(HttpProvider):
         path = (f"room/kick/{self._room_id(room)}/{quote(self._external_type, safe='')}/"
                 f"{quote(user_id, safe='')}")
         await self._call("GET", path)
+
+    async def attendees(self, room: Room) -> list[Attendee] | None:
+        """Who is in the room now, one entry per OpenMeetings user. A user the bridge joined carries the
+        LMS user id as external id; anyone else is reported by name only. A room OpenMeetings no longer
+        has lists nobody (the lesson's own state says when the bridge deleted it)."""
+        users = wire.user_dtos(await self._call("GET", f"room/users/{self._room_id(room)}"))
+        if users is None:
+            raise self.unreadable("the room users answer is not a list of users")
+        return [Attendee(participant_id=str(user["id"]),
+                         user_id=str(user["externalId"]) if user.get("externalType") == self._external_type
+                         and user.get("externalId") else None,
+                         name=" ".join(str(user.get(part) or "") for part in ("firstname", "lastname")).strip() or None,
+                         role=None)
+                for user in users]
 
     async def aclose(self) -> None:
         self._sid = None

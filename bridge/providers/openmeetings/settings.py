@@ -6,6 +6,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field, StrictBool
 
+from bridge.polling import PollInterval
 from bridge.providers.base import MODERATOR_ROLES, HttpUrl, ProviderSettings, Secret, Text, WholeNumber
 from bridge.providers.openmeetings.wire import ROOM_TYPES
 
@@ -34,3 +35,4 @@ class OpenMeetingsSettings(ProviderSettings):
     show_audio_video_test: StrictBool = True
     # Canonical roles that become OpenMeetings moderators (contract default).
     moderator_roles: Annotated[list[str], Field(min_length=1)] = sorted(MODERATOR_ROLES)
+    attendance_poll_s: PollInterval = 15.0    # room users polled while a lesson is live; 0 = off

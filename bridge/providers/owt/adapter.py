@@ -11,6 +11,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from bridge.polling import Attendee
 from bridge.providers.base import Capability, HttpProvider, JoinGrant, Lesson, ProviderError, Room, User
 from bridge.providers.owt import wire
 from bridge.providers.owt.auth import MAuth
@@ -41,6 +42,7 @@ class OwtProvider(HttpProvider):
         self.mix_view = settings.mix_view
         self.token_ttl_s = settings.token_ttl_s
         self.token_preference = settings.token_preference
+        self.attendance_poll_s = settings.attendance_poll_s
 
     def __repr__(self) -> str:
         return f"<OwtProvider name={self.name!r} base_url={self.base_url!r} service_id={self.service_id!r}>"
@@ -164,17 +166,31 @@ class OwtProvider(HttpProvider):
 
     # ------------------------------------------------------------------ participants
 
-    async def _list(self, room: Room, collection: str, *, absent_ok: bool = False) -> list[dict[str, Any]]:
-        """GET a room's collection (participants, streams, streaming-outs) as a list of objects."""
+    async def _items(self, room: Room, collection: str, *, absent_ok: bool) -> list[dict[str, Any]] | None:
+        """GET a room's collection (participants, streams, streaming-outs) as a list of objects; None
+        when the room is gone and `absent_ok`."""
         data = await self._json("GET", self._room_path(room, collection), absent_ok=absent_ok)
         if data is None:
-            return []
+            return None
         if not isinstance(data, list):
             raise self.unreadable(f"the {collection} list is not a list")
         return [item for item in data if isinstance(item, dict)]
 
+    async def _list(self, room: Room, collection: str, *, absent_ok: bool = False) -> list[dict[str, Any]]:
+        return await self._items(room, collection, absent_ok=absent_ok) or []
+
     async def list_participants(self, room: Room, *, absent_ok: bool = False) -> list[dict[str, Any]]:
         return await self._list(room, "participants", absent_ok=absent_ok)
+
+    async def attendees(self, room: Room) -> list[Attendee] | None:
+        """Who is in the room now (one entry per connection), None when the room is gone. `user` is
+        the LMS user id the bridge minted the join token for; OWT knows no display names."""
+        participants = await self._items(room, "participants", absent_ok=True)
+        if participants is None:
+            return None
+        return [Attendee(participant_id=str(p["id"]), user_id=str(p["user"]) if p.get("user") else None, name=None,
+                         role="moderator" if p.get("role") == self.moderator_role else "guest")
+                for p in participants if p.get("id")]
 
     async def drop_participant(self, room: Room, participant_id: str) -> None:
         await self._send("DELETE", self._room_path(room, "participants", participant_id), absent_ok=True)

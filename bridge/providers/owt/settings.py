@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, StrictInt, model_validator
 
+from bridge.polling import PollInterval
 from bridge.providers.base import HttpUrl, ProviderSettings, Secret, SettingsError, Text
 from bridge.providers.owt.wire import ROLE_RE, validate_room_options
 
@@ -46,6 +47,7 @@ class OwtSettings(ProviderSettings):
     mix_view: Text = "common"                 # the mixed view streamed out to the recorder
     token_ttl_s: Annotated[StrictInt, Field(ge=1, le=86400)] = 180
     token_preference: dict[str, str] = {"isp": "isp", "region": "region"}
+    attendance_poll_s: PollInterval = 15.0    # participants polled while a lesson is live; 0 = off
 
     @model_validator(mode="after")
     def _roles_exist(self) -> OwtSettings:

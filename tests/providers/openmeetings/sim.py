@@ -7,8 +7,12 @@ Behaves like the real server where the adapter depends on it:
   the text `error.notallowed` (as the real one does). `expire_sessions()` expires them all;
   `deny_rights = True` makes even fresh sessions refused (a user without REST rights);
 - `POST services/user/hash` needs form fields `user` and `options`, both JSON strings, checked;
-- rooms are found by (externalType, externalId) and created when missing; kick removes one user.
-`enter(hash)` plays a browser opening `<base>/hash?secure=<hash>` so rooms have people in them.
+- rooms are found by (externalType, externalId) and created when missing; kick removes one user;
+- `GET services/room/users/{id}` lists the UserDTOs of who is in the room (`{"userDTO": [...]}`; an
+  unknown room lists nobody, as the real server's client list does).
+`enter(hash)` plays a browser opening `<base>/hash?secure=<hash>` so rooms have people in them;
+`leave(room_id, external_id)` one closing it; `visit(room_id, firstname)` someone who came in by
+other means (no external id).
 
 Usage: `sim = OpenMeetingsSim(); with serve(sim.app) as url: base_url = url + "/openmeetings"`.
 Failure injection (shared with the other sims): `sim.inject(503, times=2)`,
@@ -68,6 +72,7 @@ class OpenMeetingsSim(InjectionMixin):
         self.hashes: dict[str, dict[str, Any]] = {}
         self.present: dict[int, set[tuple[str, str]]] = {}   # room id -> {(externalType, externalId)}
         self.kicked: list[tuple[int, str, str]] = []
+        self.users: dict[tuple[str, str], dict[str, Any]] = {}    # (externalType, externalId) -> UserDTO
         self.kick_all_calls = 0
         p = PREFIX
         routes = [
@@ -78,6 +83,7 @@ class OpenMeetingsSim(InjectionMixin):
             Route(f"{p}/room/open/{{rid:int}}", self.room_open, methods=["GET"]),
             Route(f"{p}/room/kick/{{rid:int}}", self.room_kick_all, methods=["GET"]),
             Route(f"{p}/room/kick/{{rid:int}}/{{etype}}/{{eid}}", self.room_kick, methods=["GET"]),
+            Route(f"{p}/room/users/{{rid:int}}", self.room_users, methods=["GET"]),
             Route(f"{p}/room/{{rid:int}}", self.room_get, methods=["GET"]),
             Route(f"{p}/room/{{rid:int}}", self.room_delete, methods=["DELETE"]),
             Route(f"{p}/room/{{rtype}}/{{etype}}/{{eid}}", self.room_external, methods=["GET"]),
@@ -106,8 +112,28 @@ class OpenMeetingsSim(InjectionMixin):
                 raise PermissionError("unknown or used hash")
             entry["used"] = True
             user, options = entry["user"], entry["options"]
+            self._user_dto(user["externalType"], user["externalId"], user)
             self.present.setdefault(options["roomId"], set()).add((user["externalType"], user["externalId"]))
             return entry
+
+    def leave(self, room_id: int, external_id: str, external_type: str = "LessonBridge") -> None:
+        with self._lock:
+            self.present.get(room_id, set()).discard((external_type, external_id))
+
+    def visit(self, room_id: int, firstname: str) -> None:
+        """Someone who came in without a room hash (an OpenMeetings account of their own)."""
+        with self._lock:
+            self._user_dto("", firstname, {"firstname": firstname, "lastname": "", "login": firstname})
+            self.present.setdefault(room_id, set()).add(("", firstname))
+
+    def _user_dto(self, external_type: str, external_id: str, user: dict[str, Any]) -> dict[str, Any]:
+        dto = self.users.get((external_type, external_id))
+        if dto is None:
+            dto = {"id": len(self.users) + 1, "login": user["login"], "firstname": user.get("firstname", ""),
+                   "lastname": user.get("lastname", ""), "type": "EXTERNAL" if external_type else "USER",
+                   "externalId": external_id if external_type else None, "externalType": external_type or None}
+            self.users[(external_type, external_id)] = dto
+        return dto
 
     def room_by_external(self, external_type: str, external_id: str) -> dict[str, Any] | None:
         return next((r for r in self.rooms.values()
@@ -257,6 +283,15 @@ class OpenMeetingsSim(InjectionMixin):
             return self._refused()
         except _Bad as exc:
             return self._bad(exc.message)
+
+    async def room_users(self, request: Request) -> Response:
+        try:
+            self._auth(request)
+            with self._lock:
+                here = sorted(self.present.get(request.path_params["rid"], set()))
+                return JSONResponse({"userDTO": [self.users[who] for who in here]})
+        except _Refused:
+            return self._refused()
 
     async def room_get(self, request: Request) -> Response:
         try:

@@ -272,3 +272,40 @@ async def test_unsupported_operations(provider: OpenMeetingsProvider) -> None:
                  provider.hang_up(LESSON, room, "+100")):
         with pytest.raises(Unsupported):
             await call
+
+
+# ---- attendance polling ------------------------------------------------------------------------
+
+async def test_attendees_name_bridge_users_by_external_id_and_others_by_name(provider: OpenMeetingsProvider,
+                                                                             sim: OpenMeetingsSim) -> None:
+    room = await provider.create_room(LESSON)
+    assert await provider.attendees(room) == []
+    sim.enter((await provider.join(LESSON, room, TEACHER)).token)
+    sim.visit(int(room.id), "Walter")
+    teacher, walter = sorted(await provider.attendees(room), key=lambda a: a.user_id is None)
+    assert (teacher.user_id, teacher.name, teacher.role) == ("42", "Ada Lovelace", None)
+    assert (walter.user_id, walter.name) == (None, "Walter") and walter.participant_id != teacher.participant_id
+    sim.leave(int(room.id), "42")
+    assert [a.name for a in await provider.attendees(room)] == ["Walter"]
+
+
+async def test_attendees_read_every_shape_of_the_user_list(provider: OpenMeetingsProvider,
+                                                           sim: OpenMeetingsSim) -> None:
+    room = await provider.create_room(LESSON)
+    one = {"id": 5, "firstname": "Bob", "lastname": "", "externalId": "7", "externalType": "LessonBridge"}
+    for body in ([one], {"userDTO": one}, {"userDTO": [one]}):
+        sim.inject(200, body=body, path="/room/users/")
+        [bob] = await provider.attendees(room)
+        assert (bob.participant_id, bob.user_id, bob.name) == ("5", "7", "Bob")
+    sim.inject(200, body={"userDTO": "nobody"}, path="/room/users/")
+    with pytest.raises(ProviderError) as info:
+        await provider.attendees(room)
+    assert info.value.code == "bad_response" and info.value.retryable
+
+
+async def test_attendees_log_in_again_when_the_sid_expired(provider: OpenMeetingsProvider,
+                                                           sim: OpenMeetingsSim) -> None:
+    room = await provider.create_room(LESSON)
+    sim.expire_sessions()
+    assert await provider.attendees(room) == []
+    assert sim.logins == 2

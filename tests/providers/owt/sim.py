@@ -208,6 +208,11 @@ class OwtSim(InjectionMixin):
         with self._lock:
             return self._join(room_id, user, role)
 
+    def leave(self, room_id: str, participant_id: str) -> None:
+        """A client closes its tab: the participant is gone from the room."""
+        with self._lock:
+            del self.participants[room_id][participant_id]
+
     def redeem(self, token: str) -> str:
         """A client connects with a token the API minted: checks its signature, single use."""
         data = json.loads(base64.b64decode(token))

@@ -420,3 +420,45 @@ async def test_unsupported_operations(provider: OwtProvider, sim: OwtSim) -> Non
         with pytest.raises(Unsupported):
             await call
     assert sim.requests == []
+
+
+# ---------------------------------------------------------------------------- attendance polling
+
+
+async def test_attendees_are_the_rooms_connections_with_the_lms_user_ids(provider: OwtProvider, sim: OwtSim) -> None:
+    room = await provider.create_room(LESSON)
+    teacher = sim.add_participant(room.id, "7", "presenter")
+    tab1 = sim.add_participant(room.id, "42", "viewer")
+    tab2 = sim.add_participant(room.id, "42", "viewer")
+    attendees = {a.participant_id: a for a in await provider.attendees(room)}
+    assert set(attendees) == {teacher, tab1, tab2}          # two tabs are two connections
+    assert (attendees[teacher].user_id, attendees[teacher].role) == ("7", "moderator")
+    assert (attendees[tab2].user_id, attendees[tab2].role, attendees[tab2].name) == ("42", "guest", None)
+    sim.leave(room.id, tab1)
+    assert {a.participant_id for a in await provider.attendees(room)} == {teacher, tab2}
+
+
+async def test_attendees_of_a_room_that_is_gone_is_none_and_errors_stay_errors(provider: OwtProvider,
+                                                                               sim: OwtSim) -> None:
+    room = await provider.create_room(LESSON)
+    assert await provider.attendees(room) == []
+    await provider.delete_room(LESSON, room)
+    assert await provider.attendees(room) is None
+    sim.inject(503)
+    with pytest.raises(ProviderError) as info:
+        await provider.attendees(Room(id=sim.add_room("other"), name="other"))
+    assert info.value.retryable
+
+
+def test_attendance_poll_setting() -> None:
+    def poll_s(value: object) -> float:
+        return build_provider("o", "owt", settings("https://owt.example:3000", attendance_poll_s=value),
+                              httpx.AsyncClient()).attendance_poll_s
+
+    assert poll_s(15) == 15.0 and poll_s(0.2) == 0.2 and poll_s(0) == 0.0
+    assert build_provider("o", "owt", settings("https://owt.example:3000"), httpx.AsyncClient()).attendance_poll_s == 15
+    for bad, problem in ((0.05, "0 (off) or at least 0.1"), (-1, "greater than or equal to 0"),
+                         (True, "a number of seconds"), ("fast", "valid number")):
+        with pytest.raises(SettingsError) as info:
+            poll_s(bad)
+        assert info.value.key == "attendance_poll_s" and problem in info.value.problem
