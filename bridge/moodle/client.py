@@ -144,8 +144,9 @@ class MoodleClient:
             if isinstance(answer, list) else []
         return found[0] if found else None
 
-    async def course_module(self, cmid: str) -> dict[str, Any]:
-        return _object(await self.call("core_course_get_course_module", {"cmid": cmid}, ttl_s=MODULE_TTL_S), "cm")
+    async def course_module(self, cmid: str, *, fresh: bool = False) -> dict[str, Any]:
+        answer = await self.call("core_course_get_course_module", {"cmid": cmid}, ttl_s=MODULE_TTL_S, fresh=fresh)
+        return _object(answer, "cm")
 
     async def course_modules(self, course_id: str, *, cmid: str | None = None,
                              fresh: bool = False) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ accepts one (event log, dedupe, the same jobs, the same webhooks):
 - an activity or course event with no lesson → lesson.scheduled (activities already closed are left);
 - a lesson whose title Moodle has changed → lesson.updated;
 - a started lesson whose activity has closed → lesson.ended;
-- a lesson whose activity is gone from its course → lesson.cancelled.
+- a lesson whose activity Moodle no longer has at all → lesson.cancelled.
 Event ids derive from the lesson and the change, so a repeat (the next interval, another worker, a
 late webhook's job finding the room made) creates nothing twice.
 
@@ -149,9 +149,21 @@ async def _course_differences(redis: Redis, client: MoodleClient, source: Source
         elif state["status"] in LIVE and lesson["title"] and state.get("title") != lesson["title"]:
             events.append(_event("lesson.updated", lesson, course, lesson["title"]))
     for lesson_id in gone:
-        if states[lesson_id].get("status") in LIVE:
+        if states[lesson_id].get("status") in LIVE and await _deleted(client, cmid_of(host, lesson_id) or ""):
             events.append(_event("lesson.cancelled", {"id": lesson_id}, course))
     return events
+
+
+async def _deleted(client: MoodleClient, cmid: str) -> bool:
+    """Whether Moodle has no such activity at all: one missing from the course's contents may only be
+    hidden from the web-service user, and a hidden activity must keep its room."""
+    try:
+        await client.course_module(cmid, fresh=True)
+    except MoodleError as exc:
+        if exc.code == "invalidrecord":         # Moodle's answer for a course module that does not exist
+            return True
+        raise
+    return False
 
 
 async def _states(redis: Redis, source: SourceConfig, lesson_ids: Iterable[str]) -> dict[str, dict[str, str]]:

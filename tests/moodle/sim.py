@@ -23,6 +23,7 @@ import re
 import threading
 import time
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -148,8 +149,10 @@ class MoodleSim:
     # ------------------------------------------------------------------ the web service
 
     async def _rest(self, request: Request) -> Response:
-        form = await request.form()
-        pairs = [*request.query_params.multi_items(), *((k, str(v)) for k, v in form.multi_items())]
+        body = (await request.body()).decode()
+        if body and not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+            return moodle_error("moodle_exception", "invalidtoken", "Invalid token - token not found")
+        pairs = [*request.query_params.multi_items(), *parse_qsl(body, keep_blank_values=True)]
         params = unflatten(pairs)
         token, function = params.pop("wstoken", None), params.pop("wsfunction", None)
         rest_format = params.pop("moodlewsrestformat", "xml")
@@ -250,7 +253,8 @@ class MoodleSim:
         event: dict[str, Any] = {
             "id": event_id, "name": name, "description": "", "descriptionformat": 1, "location": "",
             "categoryid": None, "groupid": None, "userid": 2, "repeatid": None, "eventcount": None,
-            "modulename": activity["modname"] if activity else "", "eventtype": "meeting_start" if activity else "course",
+            "modulename": activity["modname"] if activity else "",
+            "eventtype": "meeting_start" if activity else "course",
             "timestart": start, "timeduration": duration, "timesort": start, "timeusermidnight": start,
             "visible": 1, "timemodified": 1763805600, "overdue": False, "icon": {"key": "i/courseevent",
                                                                                    "component": "core", "alttext": ""},
