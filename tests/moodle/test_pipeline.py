@@ -19,6 +19,7 @@ from bridge.store import job_runs_key, lesson_key
 from tests.conftest import MOODLE_TOKEN, WEBHOOK_SECRET, wait_until, worker_ready, write_config
 from tests.fakes.server import serve
 from tests.moodle.sim import MoodleSim
+from tests.providers.hms.sim import HmsSim
 from tests.providers.jaas.sim import JaasSim
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "moodle"
@@ -167,3 +168,25 @@ async def test_a_refused_ws_token_is_logged_once_and_jobs_still_run(make_bridge,
     logs = bridge.logs()
     assert logs.count("moodle.ws_misconfigured") == 1 and "revoked-token-77aa" not in logs
     await wait_until(lambda: len(hook.of_type("join.ready")) == 4)
+
+
+async def test_100ms_join_carries_the_moodle_users_id_in_its_token_and_name_in_its_link(
+        make_bridge, client, receiver, moodle, tmp_path) -> None:
+    """100ms app tokens have no name claim (the client SDK sends the name when it joins): the token names
+    the user by id, and the prebuilt link's name parameter carries the full name."""
+    _, hook_url = receiver
+    _, url = moodle
+    hms = HmsSim()
+    with serve(hms.app) as hms_url:
+        provider = (f'[providers.hms]\nkind = "100ms"\naccess_key = "{hms.access_key}"\n'
+                    f'app_secret = "{hms.app_secret}"\napi_base = "{hms_url}"\npolicy_base = "{hms_url}"\n'
+                    'join_url_template = "{join_base}/{room_id}?token={token}&name={user_name}"\n')
+        bridge = make_bridge(moodle_config(tmp_path, url, hook_url, provider=provider))
+        bridge.start_worker()
+        joined = await post(client, bridge, fixture("bigbluebuttonbn_meeting_joined"))
+    (ready,) = joined["webhooks"]
+    claims = jwt.decode(ready["data"]["token"], hms.app_secret, algorithms=["HS256"])
+    assert (claims["type"], claims["user_id"]) == ("app", "31")
+    assert ready["data"]["join_url"].endswith("&name=Ada%20Lovelace")
+    (room,) = hms.rooms.values()
+    assert room["description"] == "Algebra I - live lesson"      # the room carries the activity's name
