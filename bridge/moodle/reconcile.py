@@ -101,7 +101,7 @@ async def reconcile(rt: Runtime, source: SourceConfig) -> list[str]:
     accepted: list[str] = []
     for course in courses:
         try:
-            events = await _course_differences(rt.redis, client, source, course)
+            events = await course_differences(rt.redis, client, source, course)
         except MoodleError as exc:
             log.warning("moodle.reconcile_skipped", source=source.name, course=course, code=exc.code)
             if exc.code in ("paused", "unreachable") or exc.code in ACCESS_ERRORS:
@@ -111,7 +111,7 @@ async def reconcile(rt: Runtime, source: SourceConfig) -> list[str]:
     return accepted
 
 
-async def _course_differences(redis: Redis, client: MoodleClient, source: SourceConfig,
+async def course_differences(redis: Redis, client: MoodleClient, source: SourceConfig,
                               course: str) -> list[dict[str, Any]]:
     host, course_id = course_parts(course)
     now = int(time.time())
