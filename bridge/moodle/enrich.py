@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from bridge.lifecycle import Job
 
 log = structlog.get_logger("bridge.moodle")
+# The events whose jobs may make or change a room (bridge.lifecycle.ensure_room): only they need a title
+# and times; only a join needs the user's name.
+ROOM_MAKING = frozenset({"lesson.scheduled", "lesson.updated", "lesson.started", "user.joined", "call.dial_out"})
 
 
 class Ignored(Exception):
@@ -40,23 +43,25 @@ async def prepare(job: Job) -> None:
         return
     data, lesson = job.event.get("data") or {}, job.event.get("lesson") or {}
     course = data.get("moodle_course")
-    if course and job.source.reconcile_s:
+    if not course or course_parts(course)[1] in ("", "0"):      # the site (course 0) is no course
+        return
+    if job.source.reconcile_s:
         async with job.rt.redis.pipeline(transaction=False) as pipe:
             pipe.sadd(moodle_courses_key(job.source.name), course)
             if lesson.get("id"):
                 pipe.sadd(moodle_course_lessons_key(job.source.name, course), lesson["id"])
             await pipe.execute()
-    if not job.source.ws_token or not course:
+    if not job.source.ws_token:
         return
     client = MoodleClient(job.source, job.rt.http, job.rt.redis)
     host, course_id = course_parts(course)
     if data.get(CALENDAR_CHECK):
         lesson = await _settle_calendar_entry(job, client, lesson, str(data[CALENDAR_CHECK]))
-    elif lesson.get("id") and (cmid := cmid_of(host, lesson["id"])):
+    elif job.event["type"] in ROOM_MAKING and lesson.get("id") and (cmid := cmid_of(host, lesson["id"])):
         lesson = await _activity_details(client, lesson, course_id, cmid)
     if lesson:
         job.event["lesson"] = lesson
-    if job.event.get("user"):
+    if job.event["type"] == "user.joined":
         job.event["user"] = await _person(client, job.event["user"])
 
 
