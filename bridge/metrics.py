@@ -47,6 +47,7 @@ from bridge.store import (
     METRICS_JOB_BUCKETS,
     METRICS_JOB_SUM,
     METRICS_JOBS,
+    METRICS_MOODLE_WS,
     METRICS_REJECTED,
     RECORDER_QUEUE,
     WORKER_QUEUE,
@@ -123,6 +124,13 @@ async def observe_job(redis: Any, function: str, status: str, seconds: float) ->
 def add_attempt_command(pipe: Any, status: int | None, error: str | None = None) -> None:
     """Queue bridge_webhook_attempts_total{status} on a pipeline the caller executes (no extra round trip)."""
     pipe.hincrby(METRICS_ATTEMPTS, _field(attempt_label(status, error)), 1)
+
+
+async def moodle_ws_call(redis: Any, source: str, function: str, outcome: str) -> None:
+    """bridge_moodle_ws_calls_total{source,function,outcome}: outcome ok, error, access_denied or unreachable."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hincrby(METRICS_MOODLE_WS, _field(source, function, outcome), 1)
+        await _best_effort("moodle_ws", pipe)
 
 
 async def recording_started(redis: Any, recording_id: str) -> None:
@@ -218,7 +226,7 @@ class Snapshot:
     """Everything /metrics shows, read from Redis in one pipelined round trip."""
 
     def __init__(self, values: list[Any]) -> None:
-        (self.events, self.rejected, self.jobs, self.job_buckets, self.job_sums, self.attempts,
+        (self.events, self.rejected, self.jobs, self.job_buckets, self.job_sums, self.attempts, self.moodle_ws,
          self.dead, self.failing, self.recordings, *queues) = values
         self.queue_depth = dict(zip(QUEUES, queues[: len(QUEUES)], strict=True))
         self.queue_due = dict(zip(QUEUES, queues[len(QUEUES):], strict=True))
@@ -228,7 +236,7 @@ class Snapshot:
         now_ms = int(time.time() * 1000)
         async with redis.pipeline(transaction=False) as pipe:
             for key in (METRICS_EVENTS, METRICS_REJECTED, METRICS_JOBS, METRICS_JOB_BUCKETS, METRICS_JOB_SUM,
-                        METRICS_ATTEMPTS):
+                        METRICS_ATTEMPTS, METRICS_MOODLE_WS):
                 pipe.hgetall(key)
             for key in (DEAD_LETTERS, FAILED_DELIVERIES, ACTIVE_RECORDINGS, *QUEUES.values()):
                 pipe.zcard(key)
@@ -287,6 +295,9 @@ class SnapshotCollector:
         yield _histogram(s)
         yield _counter("bridge_webhook_attempts", "Outbound webhook attempts by HTTP status "
                        "(or timeout, error, refused).", ["status"], s.attempts)
+        yield _counter("bridge_moodle_ws_calls", "Moodle web-service calls by source, function and outcome "
+                       "(ok, error, access_denied: the token is refused, unreachable).",
+                       ["source", "function", "outcome"], s.moodle_ws)
         yield _gauge("bridge_dead_letters", "Webhook deliveries that exhausted their retries.", s.dead)
         yield _gauge("bridge_failing_deliveries", "Webhook deliveries whose last attempt failed.", s.failing)
         yield _gauge("bridge_recordings_active", "Recordings in progress.", s.recordings)

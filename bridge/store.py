@@ -81,6 +81,31 @@ def teachers_key(source: str, course: str) -> str:
     return f"{PREFIX}teachers:{source}:{course}"
 
 
+def moodle_ws_cache_key(source: str, function: str, params_digest: str) -> str:
+    """String (TTL): a Moodle web-service answer, JSON, for one function and its parameters."""
+    return f"{PREFIX}moodle-ws:{source}:{function}:{params_digest}"
+
+
+def moodle_ws_paused_key(source: str) -> str:
+    """Set (TTL) while Moodle refuses the source's ws_token: no calls until it lapses (no retry storm)."""
+    return f"{PREFIX}moodle-ws-paused:{source}"
+
+
+def moodle_courses_key(source: str) -> str:
+    """Set of `<host>:<course id>`: the Moodle courses the source's events came from (reconciliation)."""
+    return f"{PREFIX}moodle-courses:{source}"
+
+
+def moodle_course_lessons_key(source: str, course: str) -> str:
+    """Set of lesson ids the bridge has seen in one Moodle course (`<host>:<course id>`)."""
+    return f"{PREFIX}moodle-course-lessons:{source}:{course}"
+
+
+def moodle_reconcile_lock_key(source: str) -> str:
+    """Held for `reconcile_s` by the worker that reconciles the source this interval."""
+    return f"{PREFIX}moodle-reconcile:{source}"
+
+
 def delivery_key(webhook_id: str) -> str:
     """Hash: payload, source, type, status, attempts, next_at, last_status, ref."""
     return f"{PREFIX}delivery:{webhook_id}"
@@ -113,6 +138,7 @@ METRICS_JOB_BUCKETS = f"{PREFIX}metrics:job-seconds"    # hash [function, le] �
 METRICS_JOB_SUM = f"{PREFIX}metrics:job-seconds-sum"    # hash [function] → total seconds (float)
 METRICS_ATTEMPTS = f"{PREFIX}metrics:webhook-attempts"  # hash [status] → outbound delivery attempts
 ACTIVE_RECORDINGS = f"{PREFIX}recordings:active"        # sorted set: recording id → time it started
+METRICS_MOODLE_WS = f"{PREFIX}metrics:moodle-ws"        # hash [source, function, outcome] → web-service calls
 
 
 def recording_key(recording_id: str) -> str:

@@ -12,6 +12,12 @@ from bridge.sources import InvalidEvent, canonical, moodle
 
 FIXTURES = Path(__file__).parent / "fixtures" / "moodle"
 SOURCE = SourceConfig(name="moodle", format="moodle", provider="sandbox", token="t")
+WS = {"moodle_url": "https://lms.example.edu", "ws_token": "ws-secret"}
+
+
+def source(**settings: object) -> SourceConfig:
+    return SourceConfig.model_validate({"name": "moodle", "format": "moodle", "provider": "sandbox", "token": "t",
+                                        **settings})
 
 
 def fixture(name: str) -> dict:
@@ -49,7 +55,6 @@ def test_event_id_changes_with_identity_fields() -> None:
     ("bigbluebuttonbn_meeting_ended", "lesson.ended"),
     ("zoom_join_meeting_button_clicked", "user.joined"),
     ("jitsi_session_enter", "user.joined"),
-    ("calendar_event_created", "lesson.scheduled"),
     ("role_assigned_editingteacher", "role.assigned"),
 ])
 def test_built_in_map(name: str, expected: str) -> None:
@@ -62,9 +67,44 @@ def test_zoom_host_is_a_teacher_and_others_default_to_student() -> None:
 
 
 def test_calendar_event_in_course_context_gets_event_lesson_id() -> None:
-    event = moodle.parse(SOURCE, fixture("calendar_event_created")).event
+    event = moodle.parse(source(calendar_lessons="all"), fixture("calendar_event_created")).event
     assert event["lesson"]["id"] == "moodle:lms.example.edu:event:2210"
     assert event["lesson"]["starts_at"] == "2025-11-25T10:00:00Z"
+    assert moodle.CALENDAR_CHECK not in event["data"]      # "all": no question for Moodle
+
+
+def test_without_web_services_calendar_events_make_no_lessons() -> None:
+    ignored = moodle.parse(SOURCE, fixture("calendar_event_created"))
+    assert ignored.event is None and "calendar_lessons" in (ignored.ignored_reason or "")
+
+
+def test_with_web_services_a_course_calendar_event_waits_for_the_jobs_check() -> None:
+    """The twin case as a real Moodle 5.1 sends it: the activity, then its own calendar entry in course
+    context with no module name (and its ids as strings). Intake cannot tell them apart; the job asks."""
+    ws = source(**WS)
+    activity = moodle.parse(ws, fixture("twin_course_module_created")).event
+    entry = moodle.parse(ws, fixture("twin_calendar_event_created")).event
+    assert activity["lesson"]["id"] == "moodle:lms.example.edu:87"
+    assert moodle.CALENDAR_CHECK not in activity["data"]
+    assert entry["lesson"]["id"] == "moodle:lms.example.edu:event:2211"
+    assert entry["data"][moodle.CALENDAR_CHECK] == "2211"
+    assert entry["lesson"]["starts_at"] == "2025-11-25T10:00:00Z"      # other.timestart as a string
+    assert entry["data"]["moodle_course"] == activity["data"]["moodle_course"] == "lms.example.edu:12"
+
+
+@pytest.mark.parametrize("mode", ["course", "all", "none"])
+def test_a_users_own_calendar_event_is_never_a_lesson(mode: str) -> None:
+    ignored = moodle.parse(source(**WS, calendar_lessons=mode), fixture("user_calendar_event_created"))
+    assert ignored.event is None and "context level 30" in (ignored.ignored_reason or "")
+
+
+def test_other_null_and_mixed_id_types() -> None:
+    joined = fixture("bigbluebuttonbn_meeting_joined")
+    assert joined["other"] is None
+    mixed = {**joined, "contextinstanceid": "87", "userid": 31.0, "courseid": " 12"}
+    first, second = moodle.parse(SOURCE, joined).event, moodle.parse(SOURCE, mixed).event
+    assert first["lesson"] == second["lesson"] and first["lesson"]["title"] == ""
+    assert second["user"]["id"] == "31" and second["data"]["moodle_course"] == "lms.example.edu:12"
 
 
 def test_role_assigned_knows_teacher_roles() -> None:

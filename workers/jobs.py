@@ -21,6 +21,7 @@ from bridge import lifecycle, metrics, recorder
 from bridge.attendance_poll import poll_tick
 from bridge.clock import utc_now_iso
 from bridge.lifecycle import Job, Runtime
+from bridge.moodle.enrich import Ignored, prepare
 from bridge.providers.base import ProviderError
 from bridge.redis_link import LINK, REDIS_AWAY
 from bridge.schema.webhooks import WebhookType
@@ -95,6 +96,7 @@ def event_job(function: str, deadline_s: float,
         source = rt.settings.sources.get(envelope["source"])
         job = Job(rt, source, ref, event, envelope.get("replay_of")) if source else None
         error: ProviderError | None = None
+        ignored: str | None = None
         try:
             if job is None:
                 raise ProviderError("unknown_source", f"source {envelope['source']!r} is no longer configured",
@@ -104,7 +106,10 @@ def event_job(function: str, deadline_s: float,
                                     "(its worker was killed or crashed each time)", retryable=False)
             # Our own deadline, inside arq's: a job that overruns is retried, not silently dropped by arq.
             async with asyncio.timeout(deadline_s):
+                await prepare(job)          # Moodle sources: calendar twins end here; names, titles, times
                 await handler(job)
+        except Ignored as exc:
+            ignored = exc.reason
         except Retry:
             raise                   # the handler hands the job back itself (a recorder shutting down)
         except TimeoutError:
@@ -120,6 +125,8 @@ def event_job(function: str, deadline_s: float,
             error = ProviderError("internal_error", f"{type(exc).__name__}: {exc}"[:300], retryable=False)
         ms = round((time.perf_counter() - started) * 1000, 1)
         outcome: dict[str, Any] = {"status": "ok", "try": job_try, "at": utc_now_iso(), "ms": ms}
+        if ignored:
+            outcome["ignored"] = ignored
         if error is not None:
             outcome.update(status="failed", error={"code": error.code, "message": error.message})
             if error.retryable and job_try < max_tries:
@@ -133,7 +140,7 @@ def event_job(function: str, deadline_s: float,
         await _record(rt, ref, function, outcome)
         if job is not None:
             await job.flush()       # after the outcome is recorded: ?wait answers without waiting for the LMS
-        log.info("job", status=outcome["status"], ms=ms, error=outcome.get("error"))
+        log.info("job", status=outcome["status"], ms=ms, error=outcome.get("error"), ignored=ignored)
         return outcome["status"]
 
     run.__qualname__ = run.__name__ = function

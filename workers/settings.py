@@ -13,6 +13,7 @@ from bridge.config import Settings
 from bridge.eventlog.retention import trim_job
 from bridge.http_transport import ConnectionPerRequestTransport
 from bridge.lifecycle import Runtime
+from bridge.moodle.reconcile import reconcile_loop
 from bridge.polling import POLL_FUNCTION
 from bridge.processes import tune_gc_for_service
 from bridge.providers import build_provider
@@ -65,11 +66,14 @@ def worker_settings(settings: Settings, queue: str = WORKER_QUEUE) -> dict[str, 
                                 providers=providers, recording=settings.recording if recorder else None)
         if recorder:
             ctx["reclaim"] = asyncio.ensure_future(reclaim_loop(ctx["redis"], settings))
+        else:
+            ctx["moodle_reconcile"] = asyncio.ensure_future(reconcile_loop(ctx["bridge"]))
         tune_gc_for_service()
 
     async def shutdown(ctx: dict[str, Any]) -> None:
-        if "reclaim" in ctx:
-            ctx["reclaim"].cancel()
+        for loop in ("reclaim", "moodle_reconcile"):
+            if loop in ctx:
+                ctx[loop].cancel()
         runtime: Runtime | None = ctx.get("bridge")
         if runtime is not None:
             for provider in runtime.providers.values():

@@ -35,6 +35,10 @@ DEFAULT_EVENT_MAP: dict[str, str] = {
     "\\core\\event\\role_unassigned": "role.unassigned",
 }
 CONTEXT_MODULE = "70"
+CONTEXT_COURSE = "50"
+# data key of a course calendar event whose job must first ask Moodle whether it is an activity's own
+# entry (calendar_lessons = "course"): intake never calls Moodle, so the job decides (bridge/moodle/jobs.py).
+CALENDAR_CHECK = "moodle_calendar_check"
 MAX_UNIX_TIME = 253402300799     # 9999-12-31T23:59:59Z: the last second a datetime holds
 IDENTITY_FIELDS = ("host", "eventname", "objectid", "contextinstanceid", "userid", "relateduserid",
                    "timecreated")
@@ -64,6 +68,16 @@ def _lesson_id(host: str, item: dict[str, Any]) -> str | None:
         return f"moodle:{host}:{normalise_id(item['contextinstanceid'])}"
     if item.get("objecttable") == "event" and normalise_id(item.get("objectid")):
         return f"moodle:{host}:event:{normalise_id(item['objectid'])}"
+    return None
+
+
+def _calendar_rule(source: SourceConfig, item: dict[str, Any]) -> str | None:
+    """Why a calendar event makes no lesson, or None when it may (subject to the job's check)."""
+    level = normalise_id(item.get("contextlevel"))
+    if level and level != CONTEXT_COURSE:
+        return f"a calendar event in context level {level} (user, site or category) is not a course lesson"
+    if source.calendar_lessons == "none":
+        return 'calendar events make no lessons (calendar_lessons = "none")'
     return None
 
 
@@ -114,6 +128,12 @@ def parse(source: SourceConfig, item: Any) -> Parsed:
     lesson_id = _lesson_id(host, item)
     if lesson_id is None:
         return Parsed(eid, raw, None, ignored_reason=f"{name} is not in a course-module or calendar context")
+    if lesson_id.startswith(f"moodle:{host}:event:"):
+        skipped = _calendar_rule(source, item)
+        if skipped:
+            return Parsed(eid, raw, None, ignored_reason=skipped)
+        if source.calendar_lessons == "course":
+            data[CALENDAR_CHECK] = normalise_id(item["objectid"])
     start = other.get("timestart")
     event["lesson"] = {
         "id": lesson_id,

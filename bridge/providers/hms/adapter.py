@@ -162,7 +162,8 @@ class HmsProvider(HttpProvider):
         expires_at = datetime.fromtimestamp(expires, UTC)
         join_url = self._join_template.format(
             join_base=self._join_base, room_id=quote(room.id, safe=""), room_name=quote(room.name, safe=""),
-            role=quote(role, safe=""), token=token, user_id=quote(user.id, safe=""))
+            role=quote(role, safe=""), token=token, user_id=quote(user.id, safe=""),
+            user_name=quote(user.name or user.id, safe=""))
         return JoinGrant(join_url=join_url, token=token, expires_at=expires_at, role=role)
 
     async def kick(self, lesson: Lesson, room: Room, user_id: str, participant_id: str | None = None) -> None:

@@ -21,7 +21,9 @@ from bridge.providers.base import ProviderError
 TEMPLATES_PATH = "/policy/v1/templates"
 ROOMS_PATH = "/v2/rooms"
 ACTIVE_ROOMS_PATH = "/v2/active-rooms"
-JOIN_PLACEHOLDERS = ("join_base", "room_id", "room_name", "role", "token", "user_id")
+# user_name: 100ms app tokens carry no name (the client SDK sends one when it joins), so a prebuilt
+# link's name parameter is where the LMS user's full name can go.
+JOIN_PLACEHOLDERS = ("join_base", "room_id", "room_name", "role", "token", "user_id", "user_name")
 REGIONS = frozenset({"in", "us", "eu", "auto"})
 TEMPLATE_NAME_RE = re.compile(r"^[A-Za-z0-9.:_-]+$")
 _ROLE_NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
