@@ -10,24 +10,33 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from redis.asyncio import Redis
+
 from bridge import attendance
 from bridge.attendance import Ledger, Presence, iso_ms
 from bridge.lifecycle import Job, Runtime
+from bridge.schema.provider_events import Fact, RecordingFact
 from bridge.schema.webhooks import WebhookType
 from bridge.store import room_owner_key
 
 PROVIDER_EVENT_TYPE = "provider.event"
 
 
-async def lesson_of(rt: Runtime, provider: str, rooms: Iterable[str]) -> tuple[str, str] | None:
-    """(source, lesson id) of the room a provider names (by its id or the bridge's room name)."""
-    for room in rooms:
-        if room:
-            owner = await rt.redis.get(room_owner_key(provider, room))
-            if owner is not None:
-                source, _, lesson_id = owner.decode().partition("\t")
-                return source, lesson_id
+async def room_owner(redis: Redis, provider: str, rooms: Iterable[str]) -> tuple[str, str] | None:
+    """(source, lesson id) of the room a provider names (by its id or the bridge's room name), in one
+    round trip; None for a room the bridge never made."""
+    names = [room for room in rooms if room]
+    if not names:
+        return None
+    for owner in await redis.mget([room_owner_key(provider, room) for room in names]):
+        if owner is not None:
+            source, _, lesson_id = owner.decode().partition("\t")
+            return source, lesson_id
     return None
+
+
+async def lesson_of(rt: Runtime, provider: str, rooms: Iterable[str]) -> tuple[str, str] | None:
+    return await room_owner(rt.redis, provider, rooms)
 
 
 def lesson_job(rt: Runtime, source: str, lesson_id: str, provider: str, ref: str, event_id: str,
@@ -76,3 +85,31 @@ async def session_ended(job: Job, ledger: Ledger, at_ms: int) -> None:
         snapshot = await attendance.load(job.rt.redis, ledger)
         await job.emit(WebhookType.ATTENDANCE_REPORT, snapshot.report(ledger.session_id),
                        discriminator=ledger.session_id)
+
+
+async def provider_recording_ready(job: Job, recording: RecordingFact) -> None:
+    """`recording.ready` for a recording the provider made, pointing at the provider's own link (valid
+    24 h). Copying it into storage first (`[storage] copy_provider_recordings`) belongs here."""
+    await job.emit(WebhookType.RECORDING_READY, {
+        "recording_id": recording.recording_id, "url": recording.url,
+        "expires_at": iso_ms(recording.expires_at_ms) if recording.expires_at_ms is not None else None,
+        "content_type": recording.content_type, "bytes": recording.bytes, "duration_s": recording.duration_s,
+        "origin": "provider",
+    }, discriminator=recording.recording_id)
+
+
+async def provider_event(job: Job) -> None:
+    """The `provider_event` job: one stored provider webhook (its fact, made by the provider's receiver
+    at intake) applied to the lesson its room was made for."""
+    fact = Fact.model_validate(job.event["data"]["fact"])
+    ledger = Ledger(job.source.name, job.event["lesson"]["id"], fact.session_id)
+    if fact.kind == "presence":
+        assert fact.presence is not None
+        await presence_changed(job, ledger, job.event["id"], Presence(**fact.presence))
+    elif fact.kind == "session_started":
+        await session_started(job, ledger, fact.at_ms)
+    elif fact.kind == "session_ended":
+        await session_ended(job, ledger, fact.at_ms)
+    else:
+        assert fact.recording is not None
+        await provider_recording_ready(job, fact.recording)
