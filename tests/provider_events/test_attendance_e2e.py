@@ -6,17 +6,18 @@ events gives the same report."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-import subprocess
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
+from bridge.schema.webhooks import AttendanceReport, ParticipantJoined, ParticipantLeft, RecordingReady
 from bridge.store import room_owner_key
 from tests.conftest import ROOT, wait_until
-from tests.test_provider_intake import hms, jaas, key, providers_config  # noqa: F401 (fixtures)
+from tests.provider_events.conftest import providers_config
 
 T0 = 1_763_805_600_000                        # 2025-11-22T10:00:00Z
 LESSON = {"id": "c12-l7", "title": "Algebra I"}
@@ -54,21 +55,23 @@ async def join_token(http: httpx.AsyncClient, bridge, user_id: str) -> str:
     return str(ready["data"]["token"])
 
 
-async def deliver_reversed_and_twice(http: httpx.AsyncClient, url: str, outbox, end_type: str, key: str) -> None:
+async def deliver_reversed_and_twice(http: httpx.AsyncClient, url: str, outbox, end_type: str, type_key: str) -> None:
     """Everything but the end in reverse (every leave before its join), then the first three again, then
     the end twice: a provider retrying, reordering, repeating."""
-    events = [e for e in outbox.events if e[key] != end_type]
-    ends = [e for e in outbox.events if e[key] == end_type]
+    events = [e for e in outbox.events if e[type_key] != end_type]
+    ends = [e for e in outbox.events if e[type_key] == end_type]
     answers = await outbox.send(http, url, [*reversed(events), *events[:3], *ends, *ends])
     statuses = [a.status_code for a in answers]
     assert statuses == [202] * len(events) + [200] * 3 + [202, 200], [a.text for a in answers]
 
 
 async def replay_session(bridge, source: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "bridge.cli", "replay", "--source", source, "--lesson",
-                           LESSON["id"], "--wait", "20"], env=bridge.env(), cwd=bridge.tmp_path,
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stdout + done.stderr
+    """`bridge replay` of every event of the lesson from this provider, as an operator runs it."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge.cli", "replay", "--source", source, "--lesson", LESSON["id"], "--wait", "20",
+        env=bridge.env(), cwd=bridge.tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    output, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, output.decode()
 
 
 def report_data(report: dict[str, Any]) -> dict[str, Any]:
@@ -107,7 +110,11 @@ async def test_a_jaas_lesson_gives_the_exact_attendance_report(make_bridge, clie
         "participants": expected_participants()}
     # The kick's leave came before its join, and a JaaS leave does not say when that connection joined:
     # participant.left could only say 0 s then; the report above has the whole interval.
-    kicked = [d["data"] for d in hook.of_type("participant.left") if d["data"]["reason"] == "kicked"]
+    AttendanceReport.model_validate(report["data"])
+    for joined in hook.of_type("participant.joined"):
+        ParticipantJoined.model_validate(joined["data"])
+    kicked = [ParticipantLeft.model_validate(d["data"]).model_dump(exclude_none=True)
+              for d in hook.of_type("participant.left") if d["data"]["reason"] == "kicked"]
     assert kicked == [{"event_id": kicked[0]["event_id"], "source": "default", "lesson_id": "c12-l7",
                        "provider": "jaas", "user_id": "4", "name": "Edsger Dijkstra", "role": "guest",
                        "participant_id": kicked[0]["participant_id"], "session_id": destroyed["sessionId"],
@@ -188,3 +195,39 @@ async def test_admin_shows_the_ledger_of_a_running_session(make_bridge, client, 
     assert json.loads((await client.get(page, params={"source": "nope"}, headers=admin)).text)["error"]["code"] \
         == "unknown_source"
     assert ROOT.exists()
+
+
+async def test_provider_recordings_become_recording_ready(make_bridge, client, redis, receiver, jaas, hms, key,
+                                                          tmp_path) -> None:
+    """JaaS RECORDING_UPLOADED and 100ms recording.success → recording.ready with the provider's link, its
+    24 h expiry and origin `provider`, valid against the published data model."""
+    hook, hook_url = receiver
+    jaas_sim, jaas_url = jaas
+    hms_sim, hms_url = hms
+    bridge = make_bridge(providers_config(tmp_path, key, jaas_url, hms_url, hook_url, provider="hms"))
+    bridge.start_worker()
+    hms_sim.outbox.clock_ms = jaas_sim.outbox.clock_ms = T0
+    hms_sim.join_peer(await join_token(client, bridge, "1"), PEOPLE["1"][0])
+    (room_id,) = hms_sim.rooms
+    await redis.set(room_owner_key("jaas", "jaas-room"), "default\tjaas-lesson")
+    uploaded = jaas_sim.recording_uploaded("jaas-room", "https://recordings.example.com/j.mp4?token=abc", 3540)
+    success = hms_sim.recording_success(room_id, "https://recordings.example.com/h.mp4?X-Amz-Signature=x", 3540,
+                                        734003200)
+    assert [a.status_code for a in await jaas_sim.outbox.send(client, f"{bridge.base_url}/v1/providers/jaas/events",
+                                                               [uploaded])] == [202]
+    assert [a.status_code for a in await hms_sim.outbox.send(client, f"{bridge.base_url}/v1/providers/hms/events",
+                                                              [success])] == [202]
+    ready = await wait_until(lambda: len(hook.of_type("recording.ready")) == 2 and hook.of_type("recording.ready"))
+    by_provider = {r["data"]["provider"]: r["data"] for r in ready}
+    for data in by_provider.values():
+        RecordingReady.model_validate(data)
+    assert by_provider["jaas"] == {
+        "event_id": uploaded["idempotencyKey"], "source": "default", "lesson_id": "jaas-lesson", "provider": "jaas",
+        "recording_id": f"jaas-{uploaded['idempotencyKey']}", "url": "https://recordings.example.com/j.mp4?token=abc",
+        "expires_at": at(24 * 3600), "content_type": "video/mp4", "bytes": None, "duration_s": 3540.0,
+        "origin": "provider"}
+    assert by_provider["hms"] == {
+        "event_id": success["id"], "source": "default", "lesson_id": "c12-l7", "provider": "hms",
+        "recording_id": f"100ms-{success['id']}", "url": "https://recordings.example.com/h.mp4?X-Amz-Signature=x",
+        "expires_at": at(24 * 3600), "content_type": "video/mp4", "bytes": 734003200, "duration_s": 3540.0,
+        "origin": "provider"}
