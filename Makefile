@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint mutation bench bench-ingest bench-tokens bench-pipeline bench-recording bench-persistence bench-storage clean
+.PHONY: run test lint mutation bench bench-ingest bench-tokens bench-pipeline bench-recording bench-persistence bench-storage bench-attendance clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,9 @@ bench-persistence: $(STAMP)
 
 bench-storage: $(STAMP)
 	$(BIN)/python bench/storage.py
+
+bench-attendance: $(STAMP)
+	$(BIN)/python bench/attendance.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -14,12 +14,14 @@ answers 401 to a caller without the token), so the API's shape is not revealed t
     POST /v1/admin/deliveries/{id}/retry     one more attempt, same webhook-id, fresh job id
     POST /v1/admin/deliveries/retry          {"ids": [...]} | {"endpoint": "..."} | {"all_dead": true}
     POST /v1/admin/endpoints/{name}/enable   {"retry": true} also retries what was held while disabled
+    GET  /v1/admin/lessons/{id}/attendance   ?source= ; the ledger of the lesson's current or last session
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bridge import deliveries
+from bridge import attendance, deliveries
 from bridge.config import Settings
 from bridge.errors import ApiError, error_response
 from bridge.eventlog.entries import LogEvent, parse_entry_id
@@ -255,6 +257,26 @@ async def enable_endpoint(request: Request, settings: Settings, redis: Redis) ->
     return JSONResponse(result)
 
 
+async def lesson_attendance(request: Request, settings: Settings, redis: Redis) -> Response:
+    lesson_id = request.path_params["lesson_id"]
+    source = request.query_params.get("source")
+    if not source:
+        if len(settings.sources) != 1:
+            raise ApiError(400, "missing_source", "several sources are configured: name the lesson's with ?source=",
+                           details={"known": sorted(settings.sources)})
+        (source,) = settings.sources
+    if source not in settings.sources:
+        raise ApiError(404, "unknown_source", f"no source named {source!r} is configured",
+                       details={"known": sorted(settings.sources)})
+    session_id = await attendance.latest_session(redis, source, lesson_id)
+    if session_id is None:
+        raise ApiError(404, "no_attendance", f"no provider session of lesson {lesson_id!r} (source {source!r}) "
+                       "has been recorded", details={"lesson_id": lesson_id, "source": source})
+    snapshot = await attendance.load(redis, attendance.Ledger(source, lesson_id, session_id))
+    return JSONResponse({"source": source, "lesson_id": lesson_id,
+                         **snapshot.so_far(session_id, int(time.time() * 1000))})
+
+
 async def unknown(request: Request, settings: Settings, redis: Redis) -> Response:
     return _not_found(request)
 
@@ -311,6 +333,7 @@ def admin_routes(settings: Settings) -> list[Route]:
         ("/v1/admin/deliveries/{webhook_id}", {"GET": show_delivery}),
         ("/v1/admin/deliveries/{webhook_id}/retry", {"POST": retry_one}),
         ("/v1/admin/endpoints/{name}/enable", {"POST": enable_endpoint}),
+        ("/v1/admin/lessons/{lesson_id:path}/attendance", {"GET": lesson_attendance}),   # ids may hold a '/'
         ("/v1/admin", {"*": unknown}),
         ("/v1/admin/{rest:path}", {"*": unknown}),
     ]

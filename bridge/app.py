@@ -24,9 +24,12 @@ from bridge.admin import admin_routes
 from bridge.config import Settings
 from bridge.errors import ApiError, error_response
 from bridge.intake import AcceptBatcher, DurableAccept, receive
+from bridge.provider_intake import build_receivers
+from bridge.provider_intake import receive as receive_provider_event
 from bridge.providers.sandbox.adapter import SandboxProvider
 from bridge.providers.sandbox.settings import SandboxSettings
 from bridge.responses import JSONResponse
+from bridge.routing import provider_source
 from bridge.store import ACCEPT_SCRIPT, WEB_CLIENT_NAME, WORKER_QUEUE, health_check_key, redis_client
 
 log = structlog.get_logger("bridge.web")
@@ -90,6 +93,19 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
         state["metrics"].intake(request.path_params["source"], outcome)   # in memory; flushed every second
         return JSONResponse(outcome.body(), status_code=outcome.status)
 
+    receivers = build_receivers(settings)      # checks each provider's webhook settings at start-up
+
+    async def provider_events(request: Request) -> Response:
+        source = provider_source(request.path_params["provider"])
+        try:
+            outcome = await receive_provider_event(request, settings, state["redis"], state["batcher"], receivers)
+        except ApiError as exc:
+            structlog.contextvars.bind_contextvars(error=exc.code)
+            state["metrics"].rejected(source, exc.code)
+            return exc.response()
+        state["metrics"].intake(source, outcome)
+        return JSONResponse(outcome.body(), status_code=outcome.status)
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -135,6 +151,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
 
     routes = [
         Route("/v1/events/{source}", events, methods=["POST"]),
+        Route("/v1/providers/{provider}/events", provider_events, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics.endpoint, methods=["GET"]),

@@ -203,6 +203,13 @@ class Snapshot:
     def report(self, session_id: str) -> dict[str, Any]:
         return report(session_id, self.events, self.started_ms, self.ended_ms)
 
+    def so_far(self, session_id: str, now_ms: int) -> dict[str, Any]:
+        """The report as it stands: for a session still running, connections still open count up to
+        `now_ms` and `ended_at` is null."""
+        if self.ended_ms is not None:
+            return self.report(session_id)
+        return {**report(session_id, self.events, self.started_ms, now_ms), "ended_at": None}
+
 
 async def load(redis: Redis, ledger: Ledger) -> Snapshot:
     raw = await redis.hgetall(ledger.key)

@@ -59,9 +59,12 @@ class Outcome:
         return 200 if self.duplicates and not self.accepted else 202
 
 
-def _is_json(content_type: str) -> bool:
+def require_json(request: Request) -> None:
+    content_type = request.headers.get("content-type", "")
     media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+    if not (media == "application/json" or (media.startswith("application/") and media.endswith("+json"))):
+        raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json",
+                       details={"got": request.headers.get("content-type")})
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -299,22 +302,33 @@ async def accept(batcher: AcceptBatcher, source: SourceConfig, parsed: list[Pars
             outcome.ignored.append(item.event_id)
             log.info("event.ignored", source=source.name, event_id=item.event_id, reason=item.ignored_reason)
             continue
-        jobs = plan(source.name, item.event)
-        records.append(EventRecord(source.name, item.event_id, received_at, item.raw, item.event, jobs))
-        outcome.jobs[jobs[0].envelope["ref"]] = [job.function for job in jobs]
+        records.append(EventRecord(source.name, item.event_id, received_at, item.raw, item.event,
+                                   plan(source.name, item.event)))
+    return await store(batcher, source.name, records, outcome)
+
+
+def store_unavailable(source_name: str, exc: RedisError) -> ApiError:
+    log.warning("event.store_unavailable", source=source_name, error=type(exc).__name__)
+    return ApiError(503, "store_unavailable", "the event store is unreachable; retry later",
+                    headers={"Retry-After": RETRY_AFTER_S})
+
+
+async def store(batcher: AcceptBatcher, source_name: str, records: list[EventRecord], outcome: Outcome) -> Outcome:
+    """Store the records in one accept call (log, dedupe, jobs); each goes to `outcome` as accepted or
+    duplicate. Redis away, or not confirming the write to disk, is a 503 (ApiError)."""
     if not records:
         return outcome
+    for record in records:
+        outcome.jobs[record.jobs[0].envelope["ref"]] = [job.function for job in record.jobs]
     try:
         result = await batcher.submit(records)
     except NotDurable as exc:
-        log.warning("event.store_not_durable", source=source.name, error=str(exc))
+        log.warning("event.store_not_durable", source=source_name, error=str(exc))
         raise ApiError(503, "store_not_durable", f"the event store could not confirm a write to disk ({exc}); "
                        "retry later (a retry of the same events is deduplicated)",
                        headers={"Retry-After": RETRY_AFTER_S}) from None
     except RedisError as exc:
-        log.warning("event.store_unavailable", source=source.name, error=type(exc).__name__)
-        raise ApiError(503, "store_unavailable", "the event store is unreachable; retry later",
-                       headers={"Retry-After": RETRY_AFTER_S}) from None
+        raise store_unavailable(source_name, exc) from None
     for index, record in enumerate(records):
         is_new = int(result[2 * index + 1])
         (outcome.accepted if is_new else outcome.duplicates).append(record.event_id)
@@ -364,9 +378,7 @@ async def receive(request: Request, settings: Settings, redis: Redis, batcher: A
         raise ApiError(404, "unknown_source", f"no source named {name!r} is configured",
                        details={"known": sorted(settings.sources)})
     structlog.contextvars.bind_contextvars(source=name)
-    if not _is_json(request.headers.get("content-type", "")):
-        raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json",
-                       details={"got": request.headers.get("content-type")})
+    require_json(request)
     body = await read_body(request, settings.max_body_bytes)
     if source.signing_secret:
         _check_signature(source, request, body)

@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 
 from bridge.config import Settings, SourceConfig
 from bridge.schema.events import CANONICAL, MAX_TEXT, CallEvent, LessonEvent, UserEvent
+from bridge.schema.provider_events import HmsEvent, JaasEvent
 from bridge.schema.webhooks import WEBHOOK_DATA, WebhookType, payload_schema
 
 Schema = dict[str, Any]
@@ -80,7 +81,7 @@ def _error_schema(status: int | None = None) -> Schema:
 @cache
 def model_schemas() -> dict[str, Schema]:
     """Component schemas generated from bridge.schema: the canonical event and every webhook's data."""
-    models = dict.fromkeys([LessonEvent, UserEvent, CallEvent, *WEBHOOK_DATA.values()])
+    models = dict.fromkeys([LessonEvent, UserEvent, CallEvent, JaasEvent, HmsEvent, *WEBHOOK_DATA.values()])
     _, generated = models_json_schema([(model, "validation") for model in models], ref_template=SCHEMA_REF)
     schemas: dict[str, Schema] = generated["$defs"]
     event = CANONICAL.json_schema(ref_template=SCHEMA_REF)
@@ -324,6 +325,37 @@ NOT_FOUND_OR_AMBIGUOUS = {"404": "No such event (`event_not_found`).",
                           "409": "The id exists in several sources: pass `source` (`ambiguous_event`)."}
 
 
+def provider_events_path() -> Schema:
+    """POST /v1/providers/{provider}/events (DESIGN.md, "Provider events in")."""
+    def error(text: str) -> Schema:
+        return {"description": text, "content": _json(_ref("Error"))}
+    return {"post": {
+        "operationId": "postProviderEvents", "summary": "A provider's webhook (JaaS, 100ms)", "tags": ["providers"],
+        "description": "Stored durably (event log source `provider:<name>`) before a 2xx; a repeat of the "
+                       "provider's idempotency key (JaaS `idempotencyKey`, 100ms `id`) is `200`. Types the bridge "
+                       "does not act on and rooms it never made are `202` with the id under `ignored`. JaaS: "
+                       "`X-Jaas-Signature: t=<unix s>,v1=<base64 HMAC-SHA256(webhook_secret, \"<t>.<body>\")>`, "
+                       "5-minute tolerance, plus `Authorization` when `webhook_authorization` is set. 100ms: every "
+                       "header of `webhook_headers`, present and equal.",
+        "parameters": [_path("provider", "A `[providers.X]` name with webhook settings."),
+                       {"name": "X-Jaas-Signature", "in": "header", "required": False, "schema": {"type": "string"},
+                        "description": "JaaS only."}],
+        "requestBody": {"required": True, "content": _json({"anyOf": [_ref("JaasEvent"), _ref("HmsEvent")]})},
+        "responses": {
+            "200": {"description": "A repeat: nothing new stored.", "content": _json(_ref("Answer"))},
+            "202": {"description": "Stored (or ignored).", "content": _json(_ref("Answer"))},
+            "400": error("Not JSON, not an object, or not the provider's event shape (`invalid_event`)."),
+            "401": error("Missing or bad auth: `missing_signature`, `bad_signature`, `stale_signature`, "
+                         "`missing_authorization`, `bad_authorization`, `missing_headers`, `bad_headers`."),
+            "404": error("No such provider (`unknown_provider`), or it has no webhook settings "
+                         "(`no_webhook_settings`)."),
+            "413": _error(413),
+            "415": _error(415),
+            "503": _error(503, retry_after=True),
+        },
+    }}
+
+
 def admin_paths() -> dict[str, Schema]:
     page = {"type": ["string", "null"], "description": "Pass as `cursor` for the next page; null on the last."}
     return {
@@ -394,6 +426,18 @@ def admin_paths() -> dict[str, Schema]:
             {"404": "No such delivery (`not_found`).",
              "409": "Already delivered, endpoint disabled, no endpoint, or busy."},
             parameters=[_path("webhook_id", "The `webhook-id` (msg_...).")])},
+        "/v1/admin/lessons/{lesson_id}/attendance": {"get": _admin_op(
+            "adminLessonAttendance", "The attendance ledger of a lesson's current or last provider session, "
+            "shaped like `attendance.report` data (a running session: `ended_at` null, open connections counted "
+            "up to now).",
+            {"200": ("The ledger so far.", {"type": "object", "required": ["source", "lesson_id", "session_id",
+                                                                            "started_at", "ended_at", "participants"],
+                                            "properties": {"participants": {"type": "array",
+                                                                            "items": _ref("Attendee")}}})},
+            {"400": "Several sources are configured and `source` is missing (`missing_source`).",
+             "404": "No such source (`unknown_source`) or no session recorded (`no_attendance`)."},
+            parameters=[_path("lesson_id", "The lesson id (may contain `/`)."),
+                        _query("source", {"type": "string"}, "The lesson's source (needed with several).")])},
         "/v1/admin/endpoints/{name}/enable": {"post": _admin_op(
             "adminEnableEndpoint", "Re-enable a source's webhook endpoint after it answered 410 Gone.",
             {"200": ("Enabled.", {"type": "object", "required": ["endpoint", "was_disabled"],
@@ -423,6 +467,7 @@ def document(settings: Settings, admin: bool = False) -> Schema:
                         "was stored, `200` for a pure repeat; never `2xx` for anything not durably stored.",
         )},
     }
+    paths["/v1/providers/{provider}/events"] = provider_events_path()
     for source in settings.sources.values():
         if SAFE_NAME.fullmatch(source.name):     # other names are served, and described, by the generic path
             paths[f"/v1/events/{source.name}"] = {"post": _source_operation(source, settings)}

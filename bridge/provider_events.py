@@ -8,26 +8,36 @@ reference and the provider's own event key, so a job that runs twice sends nothi
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
+
+from redis.asyncio import Redis
 
 from bridge import attendance
 from bridge.attendance import Ledger, Presence, iso_ms
 from bridge.lifecycle import Job, Runtime
+from bridge.schema.provider_events import Fact, RecordingFact
 from bridge.schema.webhooks import WebhookType
 from bridge.store import room_owner_key
 
 PROVIDER_EVENT_TYPE = "provider.event"
 
 
-async def lesson_of(rt: Runtime, provider: str, rooms: Iterable[str]) -> tuple[str, str] | None:
-    """(source, lesson id) of the room a provider names (by its id or the bridge's room name)."""
-    for room in rooms:
-        if room:
-            owner = await rt.redis.get(room_owner_key(provider, room))
-            if owner is not None:
-                source, _, lesson_id = owner.decode().partition("\t")
-                return source, lesson_id
+async def room_owner(redis: Redis, provider: str, rooms: Iterable[str]) -> tuple[str, str] | None:
+    """(source, lesson id) of the room a provider names (by its id or the bridge's room name), in one
+    round trip; None for a room the bridge never made."""
+    names = [room for room in rooms if room]
+    if not names:
+        return None
+    for owner in await redis.mget([room_owner_key(provider, room) for room in names]):
+        if owner is not None:
+            source, _, lesson_id = owner.decode().partition("\t")
+            return source, lesson_id
     return None
+
+
+async def lesson_of(rt: Runtime, provider: str, rooms: Iterable[str]) -> tuple[str, str] | None:
+    return await room_owner(rt.redis, provider, rooms)
 
 
 def lesson_job(rt: Runtime, source: str, lesson_id: str, provider: str, ref: str, event_id: str,
@@ -69,10 +79,55 @@ async def session_started(job: Job, ledger: Ledger, at_ms: int) -> None:
     await attendance.mark_started(job.rt.redis, ledger, at_ms)
 
 
+SETTLE_STEP_S = 0.1
+SETTLE_MAX_S = 2.0
+
+
+async def _settled(redis: Redis, ledger: Ledger) -> None:
+    """Until the ledger stops growing (bounded): a provider sends a session's last leaves together with its
+    end, and their jobs, running alongside this one, must reach the ledger before the report is made."""
+    size = await redis.hlen(ledger.key)
+    for _ in range(int(SETTLE_MAX_S / SETTLE_STEP_S)):
+        await asyncio.sleep(SETTLE_STEP_S)
+        now = await redis.hlen(ledger.key)
+        if now == size:
+            return
+        size = now
+
+
 async def session_ended(job: Job, ledger: Ledger, at_ms: int) -> None:
     """Close the session; the event that closed it first (or a replay of the session) sends the report."""
     first = await attendance.mark_ended(job.rt.redis, ledger, at_ms, job.ref)
     if first or job.replay_of:
+        await _settled(job.rt.redis, ledger)
         snapshot = await attendance.load(job.rt.redis, ledger)
         await job.emit(WebhookType.ATTENDANCE_REPORT, snapshot.report(ledger.session_id),
                        discriminator=ledger.session_id)
+
+
+async def provider_recording_ready(job: Job, recording: RecordingFact) -> None:
+    """`recording.ready` for a recording the provider made, pointing at the provider's own link (valid
+    24 h). Copying it into storage first (`[storage] copy_provider_recordings`) belongs here."""
+    await job.emit(WebhookType.RECORDING_READY, {
+        "recording_id": recording.recording_id, "url": recording.url,
+        "expires_at": iso_ms(recording.expires_at_ms) if recording.expires_at_ms is not None else None,
+        "content_type": recording.content_type, "bytes": recording.bytes, "duration_s": recording.duration_s,
+        "origin": "provider",
+    }, discriminator=recording.recording_id)
+
+
+async def provider_event(job: Job) -> None:
+    """The `provider_event` job: one stored provider webhook (its fact, made by the provider's receiver
+    at intake) applied to the lesson its room was made for."""
+    fact = Fact.model_validate(job.event["data"]["fact"])
+    ledger = Ledger(job.source.name, job.event["lesson"]["id"], fact.session_id)
+    if fact.kind == "presence":
+        assert fact.presence is not None
+        await presence_changed(job, ledger, job.event["id"], Presence(**fact.presence))
+    elif fact.kind == "session_started":
+        await session_started(job, ledger, fact.at_ms)
+    elif fact.kind == "session_ended":
+        await session_ended(job, ledger, fact.at_ms)
+    else:
+        assert fact.recording is not None
+        await provider_recording_ready(job, fact.recording)

@@ -26,7 +26,21 @@ JOBS_BY_TYPE: dict[str, list[tuple[str, str]]] = {
     "call.hang_up": [(WORKER_QUEUE, "call_hang_up")],
     "role.assigned": [(WORKER_QUEUE, "role_changed")],
     "role.unassigned": [(WORKER_QUEUE, "role_changed")],
+    "provider.event": [(WORKER_QUEUE, "provider_event")],     # a provider's webhook (bridge/provider_intake.py)
 }
+PROVIDER_SOURCE_PREFIX = "provider:"      # the event-log source of provider `<name>`'s webhooks
+
+
+def provider_source(provider: str) -> str:
+    return f"{PROVIDER_SOURCE_PREFIX}{provider}"
+
+
+def job_source(envelope: dict[str, Any]) -> str:
+    """The source whose endpoint gets a job's webhooks: the event's own, or, for a provider's event, the
+    source of the lesson its room was made for."""
+    if envelope["source"].startswith(PROVIDER_SOURCE_PREFIX):
+        return str(envelope["event"]["data"]["source"])
+    return str(envelope["source"])
 
 
 def event_ref(source: str, event_id: str, replay: str | None = None) -> str:

@@ -17,20 +17,21 @@ import structlog
 from arq import Retry
 from redis.exceptions import LockError
 
-from bridge import lifecycle, metrics, recorder
+from bridge import lifecycle, metrics, provider_events, recorder
 from bridge.attendance_poll import poll_tick
 from bridge.clock import utc_now_iso
 from bridge.lifecycle import Job, Runtime
 from bridge.moodle.enrich import Ignored, prepare
 from bridge.providers.base import ProviderError
 from bridge.redis_link import LINK, REDIS_AWAY
+from bridge.routing import job_source
 from bridge.schema.webhooks import WebhookType
 from bridge.store import job_runs_key
 from bridge.webhooks import deliver
 
 log = structlog.get_logger("bridge.jobs")
 MAX_TRIES = 8
-HANDLERS = {**lifecycle.HANDLERS, **recorder.HANDLERS}
+HANDLERS = {**lifecycle.HANDLERS, **recorder.HANDLERS, "provider_event": provider_events.provider_event}
 RUNS_TTL_S = 30 * 24 * 3600
 
 
@@ -93,13 +94,13 @@ def event_job(function: str, deadline_s: float,
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(event_id=event["id"], ref=ref, job=function, job_try=job_try)
         started = time.perf_counter()
-        source = rt.settings.sources.get(envelope["source"])
+        source = rt.settings.sources.get(job_source(envelope))
         job = Job(rt, source, ref, event, envelope.get("replay_of")) if source else None
         error: ProviderError | None = None
         ignored: str | None = None
         try:
             if job is None:
-                raise ProviderError("unknown_source", f"source {envelope['source']!r} is no longer configured",
+                raise ProviderError("unknown_source", f"source {job_source(envelope)!r} is no longer configured",
                                     retryable=False)
             if job_try > max_tries:
                 raise ProviderError("crashed", f"{function} was started {job_try - 1} times and never finished "

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from bridge.config import Settings
 from bridge.eventlog.entries import LogEvent, epoch_ms, new_replay_id, parse_time
 from bridge.eventlog.query import job_runs
-from bridge.routing import JOBS_BY_TYPE, event_ref, plan
+from bridge.routing import JOBS_BY_TYPE, PROVIDER_SOURCE_PREFIX, event_ref, plan
 from bridge.sources import FORMATS, InvalidEvent
 from bridge.sources.canonical import iso
 from bridge.store import (
@@ -106,11 +106,13 @@ class PlannedReplay:
 def plan_replay(settings: Settings, event: LogEvent, reparse: bool = False) -> PlannedReplay:
     planned = PlannedReplay(event, new_replay_id())
     source = settings.sources.get(event.source)
-    if source is None:
+    from_provider = event.source.startswith(PROVIDER_SOURCE_PREFIX)
+    if source is None and not from_provider:
         planned.error = f"source {event.source!r} is no longer configured"
         return planned
     canonical = event.canonical
-    if reparse or not canonical:
+    # A provider's webhook replays as stored: its receiver read the body once, at intake.
+    if source is not None and (reparse or not canonical):
         try:
             parsed = FORMATS[source.format](source, event.raw)
         except InvalidEvent as exc:

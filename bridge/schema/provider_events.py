@@ -7,7 +7,7 @@ ignored everywhere; only what the attendance ledger and recording pipeline use i
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
@@ -73,6 +73,8 @@ class HmsData(Wire):
     left_at: datetime | None = None
     duration: float | None = Field(None, description="Seconds.")
     reason: str | None = None
+    session_started_at: datetime | None = None
+    session_stopped_at: datetime | None = None
     recording_presigned_url: str | None = Field(None, description="Valid 24 h.")
     size: int | None = Field(None, description="Bytes.")
 
@@ -85,3 +87,31 @@ class HmsEvent(Wire):
     timestamp: datetime
     type: str = Field(description="One of HMS_TYPES, or ignored.")
     data: HmsData = HmsData()
+
+
+# ------------------------------------------------------------------------- what the bridge keeps of one
+
+class RecordingFact(BaseModel):
+    """A recording the provider made and uploaded; its link is the provider's own (valid 24 h)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    recording_id: str
+    url: str
+    expires_at_ms: int | None
+    content_type: str
+    bytes: int | None = Field(description="Null when the provider does not say (JaaS).")
+    duration_s: float | None
+
+
+class Fact(BaseModel):
+    """One provider event in the provider-neutral form the bridge stores (the logged event's `data.fact`)
+    and the `provider_event` job acts on: a join or leave, a session's start or end, or a recording."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["presence", "session_started", "session_ended", "recording"]
+    session_id: str
+    at_ms: int = Field(description="The provider's time of the event, Unix milliseconds.")
+    presence: dict[str, Any] | None = Field(None, description="bridge.attendance.Presence fields.")
+    recording: RecordingFact | None = None

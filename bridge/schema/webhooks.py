@@ -112,7 +112,7 @@ class RecordingReady(WebhookData):
     url: str = Field(description="An HTTP(S) GET the LMS can fetch without other credentials.")
     expires_at: IsoTime | None
     content_type: str
-    bytes: int
+    bytes: int | None = Field(description="Null when the provider does not say (JaaS, not copied to storage).")
     duration_s: float | None
     origin: Literal["bridge", "provider"]
 

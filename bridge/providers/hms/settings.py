@@ -54,6 +54,10 @@ class HmsSettings(ProviderSettings):
     template: Annotated[Text, AfterValidator(_template_name)] = "lesson-bridge"
     region: Annotated[str, AfterValidator(_region)] | None = None
     roles: dict[str, dict[str, Any]] = {}      # overrides, deep-merged over the two default roles
+    # Webhooks in (POST /v1/providers/<name>/events): 100ms does not sign them; it sends the headers
+    # configured on its dashboard, which must all be present and equal.
+    webhook_headers: dict[Text, Secret] = {}
+    allow_private_network: bool = False        # a recording link may point at loopback/private addresses
     _merged_roles: dict[str, dict[str, Any]] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")

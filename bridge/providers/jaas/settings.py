@@ -75,6 +75,11 @@ class JaasSettings(ProviderSettings):
     token_ttl_s: Annotated[WholeNumber, Field(ge=60, le=7 * 86400)] = 3600
     admin_token_ttl_s: Annotated[WholeNumber, Field(ge=60, le=86400)] = 3600
     features: dict[str, Any] = DEFAULT_MODERATOR_FEATURES   # name = true/false
+    # Webhooks in (POST /v1/providers/<name>/events): JaaS signs each with this secret (X-Jaas-Signature);
+    # webhook_authorization, when set, is the exact Authorization header JaaS is configured to send.
+    webhook_secret: Secret | None = None
+    webhook_authorization: Secret | None = None
+    allow_private_network: bool = False        # a recording link may point at loopback/private addresses
     _signing_key: RSAPrivateKey = PrivateAttr()
 
     @model_validator(mode="after")
@@ -83,6 +88,9 @@ class JaasSettings(ProviderSettings):
             raise SettingsError("key_id", "must be the key id alone, or '<app_id>/<key_id>'")
         if not all(isinstance(v, bool) or v in ("true", "false") for v in self.features.values()):
             raise SettingsError("features", "must be a table of feature name = true/false")
+        if self.webhook_authorization is not None and self.webhook_secret is None:
+            raise SettingsError("webhook_authorization",
+                                "needs webhook_secret: JaaS webhooks are verified by their signature")
         pem = self.private_key.get_secret_value() if self.private_key else None
         self._signing_key = load_private_key(pem, self.private_key_file)
         return self

@@ -10,6 +10,9 @@ It enforces what the real service enforces, so an adapter that passes here talks
 and end-room have someone to act on.
 
 Usage: `sim = HmsSim(); with serve(sim.app) as url: ...` (point both api_base and policy_base at url).
+Webhooks: what 100ms would send (peer.join.success per joined peer, peer.leave.success for `leave_peer`
+and remove-peers (`peer_kicked`), session.close.success at end-room, recording.success from
+`recording_success`) waits in `outbox`; `outbox.send` posts it with the configured `webhook_headers`.
 Failure injection: `sim.inject(503, times=2)`, `sim.inject(429, headers={"Retry-After": "7"})`,
 `sim.inject(400, body={"code": 400, "message": "bad", "details": []})`, `sim.inject(delay=1.0)`.
 """
@@ -21,6 +24,7 @@ import json
 import re
 import time
 import uuid
+from datetime import datetime
 from typing import Any
 
 import jwt
@@ -31,6 +35,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from tests.fakes.injection import InjectionMixin
+from tests.fakes.provider_webhooks import Outbox
 
 ROLE_DEFAULTS: dict[str, Any] = {
     "publishParams": {
@@ -144,8 +149,12 @@ def check_role(name: str, role: Any, template_roles: set[str]) -> None:
 
 class HmsSim(InjectionMixin):
     def __init__(self, access_key: str = "hms-access-key",
-                 app_secret: str = "hms-app-secret-for-tests-0123456789abcdef") -> None:
+                 app_secret: str = "hms-app-secret-for-tests-0123456789abcdef",
+                 webhook_headers: dict[str, str] | None = None) -> None:
         self._init_injection()
+        self.webhook_headers = dict(webhook_headers or {"X-Lesson-Bridge-Secret": "hms-webhook-secret"})
+        self.outbox = Outbox(lambda body: dict(self.webhook_headers))
+        self.sessions: dict[str, str] = {}                       # room id -> its running session id
         self.access_key = access_key
         self.app_secret = app_secret
         self.templates: dict[str, dict[str, Any]] = {}
@@ -464,8 +473,46 @@ class HmsSim(InjectionMixin):
         with self._lock:
             self.peers.setdefault(room["id"], {})[peer_id] = {
                 "id": peer_id, "name": name, "user_id": claims["user_id"], "metadata": "",
-                "role": claims["role"], "joined_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                "role": claims["role"], "joined_at": self._iso(self.outbox.now_ms())}
+            self.sessions.setdefault(room["id"], uuid.uuid4().hex[:24])
+            self._webhook("peer.join.success", room["id"], self._peer_data(room["id"], peer_id))
         return peer_id
+
+    def leave_peer(self, room_id: str, peer_id: str, reason: str = "client_request") -> None:
+        """The peer leaves (closes the tab: `client_request`; or another reason 100ms gives)."""
+        with self._lock:
+            self._leave(room_id, peer_id, reason)
+            if not self.peers.get(room_id):
+                self.peers.pop(room_id, None)
+
+    def recording_success(self, room_id: str, url: str, duration_s: int, size: int) -> dict[str, Any]:
+        with self._lock:
+            return self._webhook("recording.success", room_id, {
+                "room_id": room_id, "room_name": self.rooms[room_id]["name"], "session_id": self.sessions.get(room_id),
+                "recording_presigned_url": url, "duration": duration_s, "size": size})
+
+    @staticmethod
+    def _iso(at_ms: int) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at_ms // 1000)) + f".{at_ms % 1000:03d}000Z"
+
+    def _peer_data(self, room_id: str, peer_id: str) -> dict[str, Any]:
+        peer = self.peers[room_id][peer_id]
+        return {"room_id": room_id, "room_name": self.rooms[room_id]["name"], "session_id": self.sessions[room_id],
+                "peer_id": peer_id, "user_id": peer["user_id"], "user_name": peer["name"], "role": peer["role"],
+                "joined_at": peer["joined_at"]}
+
+    def _leave(self, room_id: str, peer_id: str, reason: str) -> None:
+        data = self._peer_data(room_id, peer_id)
+        del self.peers[room_id][peer_id]
+        left_ms = self.outbox.now_ms()
+        joined = datetime.fromisoformat(data["joined_at"].replace("Z", "+00:00"))
+        self._webhook("peer.leave.success", room_id, {**data, "left_at": self._iso(left_ms), "reason": reason,
+                                                       "duration": round(left_ms / 1000 - joined.timestamp())})
+
+    def _webhook(self, event_type: str, room_id: str, data: dict[str, Any]) -> dict[str, Any]:
+        return self.outbox.add({"version": "2.0", "id": str(uuid.uuid4()), "account_id": "sim-account",
+                                "app_id": "sim-app", "timestamp": self._iso(self.outbox.now_ms()),
+                                "type": event_type, "data": data})
 
     def _active(self, rid: str) -> dict[str, dict[str, Any]]:
         self._room(rid)
@@ -497,7 +544,7 @@ class HmsSim(InjectionMixin):
                 targets = [pid for pid, p in peers.items() if p["role"] == body["role"]]
             with self._lock:
                 for pid in targets:
-                    peers.pop(pid, None)
+                    self._leave(rid, pid, "peer_kicked")
                     self.removed.append((rid, pid))
                 if not peers:
                     self.peers.pop(rid, None)
@@ -514,8 +561,13 @@ class HmsSim(InjectionMixin):
             if "lock" in body and not isinstance(body["lock"], bool):
                 raise SimError(400, "lock must be a boolean")
             with self._lock:
-                self.peers.pop(rid, None)
+                self.peers.pop(rid, None)      # peers still in the room get no leave: the session just closes
                 self.ended.append(rid)
+                session = self.sessions.pop(rid, None)
+                if session is not None:
+                    self._webhook("session.close.success", rid, {
+                        "room_id": rid, "room_name": self.rooms[rid]["name"], "session_id": session,
+                        "session_stopped_at": self._iso(self.outbox.now_ms())})
                 if body.get("lock"):
                     self.rooms[rid]["enabled"] = False
             return JSONResponse({"message": "session termination is in progress"})

@@ -11,6 +11,12 @@ Usage::
     with serve(sim.app) as base_url: ...          # tests/fakes/server.py
     sim.inject(503, times=2)                       # the next two calls answer 503 (tests/fakes/injection.py)
     sim.join(token)                                # a participant joins with a join token
+    sim.outbox.send(http, url)                     # the webhooks so far (signed), in any order, any number of times
+
+Webhooks: with a `webhook_secret`, the simulator keeps what JaaS would send (ROOM_CREATED at a room's
+first join, PARTICIPANT_JOINED/LEFT per connection, LEFT `kicked` for a kick, ROOM_DESTROYED,
+RECORDING_UPLOADED from `recording_uploaded`) in `outbox`, signed at sending time:
+`X-Jaas-Signature: t=<unix s>,v1=base64(HMAC-SHA256(secret, "<t>.<body>"))`.
 
 Injected answers come before any auth check (the call is still logged in `requests`); with no `body`, an
 error status gets JaaS's own error shape ``{"status", "error", "message"}`` and a success an empty body.
@@ -18,8 +24,12 @@ error status gets JaaS's own error shape ``{"status", "error", "message"}`` and 
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import re
 import time
+import uuid
 from typing import Any
 
 import jwt
@@ -29,6 +39,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.fakes.injection import InjectionMixin
+from tests.fakes.provider_webhooks import Outbox
 
 E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
 CONFERENCE = re.compile(r"^(?P<room>[^@\s]+)@conference\.(?P<app>[A-Za-z0-9_-]+)\.8x8\.vc$")
@@ -44,10 +55,13 @@ class SimError(Exception):
 class JaasSim(InjectionMixin):
     """State + a Starlette `app`. Thread-safe enough for one test at a time (the app runs in a thread)."""
 
-    def __init__(self, app_id: str, keys: dict[str, Any] | None = None, *, leeway_s: int = 30) -> None:
+    def __init__(self, app_id: str, keys: dict[str, Any] | None = None, *, leeway_s: int = 30,
+                 webhook_secret: str = "jaas-webhook-secret", webhook_authorization: str | None = None) -> None:
         self.app_id = app_id
         self.keys: dict[str, Any] = dict(keys or {})
         self.leeway_s = leeway_s
+        self.webhook_secret, self.webhook_authorization = webhook_secret, webhook_authorization
+        self.outbox = Outbox(self.webhook_headers)
         self._init_injection()
         self.reset()
         self.app = Starlette(routes=[
@@ -71,6 +85,9 @@ class JaasSim(InjectionMixin):
             self.banned_users: set[str] = set()
             self.banned_jwts: set[str] = set()
             self.destroyed: list[str] = []
+            self.sessions: dict[str, str] = {}              # room -> its running session id
+            self.connections: dict[str, dict[str, dict[str, Any]]] = {}   # room -> participantId -> user
+            self.outbox.events.clear()
 
     def add_key(self, kid: str, public_key: Any) -> None:
         self.keys[kid] = public_key
@@ -110,14 +127,68 @@ class JaasSim(InjectionMixin):
         return claims
 
     def join(self, token: str) -> str:
-        """A participant joins with its token; returns the participant id (= context.user.id)."""
+        """A participant joins with its token (each call is one connection: a tab); returns the participant
+        id commands use (= context.user.id)."""
         claims = self.verify_participant_token(token)
-        user_id = str(claims["context"]["user"]["id"])
+        user = claims["context"]["user"]
+        user_id = str(user["id"])
         if user_id in self.banned_users or token in self.banned_jwts:
             raise SimError(403, "FORBIDDEN", "banned")
+        room = claims["room"]
+        connection = uuid.uuid4().hex[:8]
         with self._lock:
-            self.conferences.setdefault(claims["room"], set()).add(user_id)
+            self.conferences.setdefault(room, set()).add(user_id)
+            if room not in self.sessions:
+                self.sessions[room] = str(uuid.uuid4())
+                self._webhook("ROOM_CREATED", room, {"conference": self._conference(room), "isBreakout": False})
+            self.connections.setdefault(room, {})[connection] = user
+            self._webhook("PARTICIPANT_JOINED", room, {
+                "moderator": str(user.get("moderator", False)).lower(), "name": user.get("name", ""),
+                "email": user.get("email", ""), "id": user_id, "participantJid": f"{user_id}@meet.jitsi/{connection}",
+                "participantId": connection, "isBreakout": False})
         return user_id
+
+    def leave(self, room: str, user_id: str) -> None:
+        """Every connection of the user leaves the room (closes the tab, loses the network)."""
+        with self._lock:
+            self._leave(room, user_id, "left")
+
+    def recording_uploaded(self, room: str, link: str, duration_s: int) -> dict[str, Any]:
+        with self._lock:
+            return self._webhook("RECORDING_UPLOADED", room, {
+                "durationSec": duration_s, "preAuthenticatedLink": link, "initiatorId": "sim"})
+
+    def _leave(self, room: str, user_id: str, reason: str) -> None:
+        members = self.connections.get(room, {})
+        for connection, user in list(members.items()):
+            if str(user["id"]) == user_id:
+                del members[connection]
+                self._webhook("PARTICIPANT_LEFT", room, {
+                    "moderator": str(user.get("moderator", False)).lower(), "name": user.get("name", ""),
+                    "id": user_id, "participantJid": f"{user_id}@meet.jitsi/{connection}",
+                    "participantId": connection, "disconnectReason": reason, "isBreakout": False})
+        self.conferences.get(room, set()).discard(user_id)
+
+    def _conference(self, room: str) -> str:
+        return f"{room}@conference.{self.app_id}.8x8.vc"
+
+    def _webhook(self, event_type: str, room: str, data: dict[str, Any]) -> dict[str, Any]:
+        return self.outbox.add({
+            "idempotencyKey": str(uuid.uuid4()), "customerId": self.app_id.rsplit("-", 1)[-1], "appId": self.app_id,
+            "eventType": event_type, "sessionId": self.sessions.get(room, ""), "timestamp": self.outbox.now_ms(),
+            "fqn": f"{self.app_id}/{room}", "data": data})
+
+    def sign(self, body: bytes, t: int | None = None, secret: str | None = None) -> str:
+        """The X-Jaas-Signature header JaaS sends for this body (at time t, by default now)."""
+        t = int(time.time()) if t is None else t
+        digest = hmac.new((secret or self.webhook_secret).encode(), f"{t}.".encode() + body, hashlib.sha256).digest()
+        return f"t={t},v1={base64.b64encode(digest).decode()}"
+
+    def webhook_headers(self, body: bytes) -> dict[str, str]:
+        headers = {"X-Jaas-Signature": self.sign(body)}
+        if self.webhook_authorization is not None:
+            headers["Authorization"] = self.webhook_authorization
+        return headers
 
     # ------------------------------------------------------------------ HTTP plumbing
 
@@ -206,8 +277,12 @@ class JaasSim(InjectionMixin):
                 self.conferences.pop(room, None)
                 self.dialled.pop(room, None)
                 self.destroyed.append(room)
+                if room in self.sessions:     # connections still open get no leave: the room just ends
+                    self._webhook("ROOM_DESTROYED", room, {"conference": full_name, "isBreakout": False})
+                    del self.sessions[room]
+                    self.connections.pop(room, None)
             elif action == "KICK_PARTICIPANT":
-                self.conferences.get(room, set()).discard(payload["participantId"])
+                self._leave(room, payload["participantId"], "kicked")
             elif action == "DIAL_OUT_PARTICIPANT":
                 self.dialled.setdefault(room, set()).add(payload["phoneNo"])
             else:
