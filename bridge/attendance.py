@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 
-from bridge.store import attendance_key, attendance_sessions_key
+from bridge.store import LedgerWrite, attendance_key, attendance_sessions_key
 
 Kind = Literal["joined", "left"]
 LEAVE_REASONS = frozenset({"left", "kicked", "disconnected", "unknown"})
@@ -161,14 +161,21 @@ class Ledger:
         return attendance_key(self.source, self.lesson_id, self.session_id)
 
 
+def presence_write(ledger: Ledger, event_key: str, presence: Presence) -> LedgerWrite:
+    """The ledger entry for one participant event; the same whether intake or a job writes it (first wins)."""
+    return LedgerWrite(ledger.key, f"e:{event_key}", presence.to_json(),
+                       attendance_sessions_key(ledger.source, ledger.lesson_id), ledger.session_id,
+                       presence.at_ms, LEDGER_TTL_S)
+
+
 async def record(redis: Redis, ledger: Ledger, event_key: str, presence: Presence) -> bool:
     """Add one participant event (a repeat of `event_key` changes nothing); True when it was new."""
+    write = presence_write(ledger, event_key, presence)
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.hsetnx(ledger.key, f"e:{event_key}", presence.to_json())
-        pipe.expire(ledger.key, LEDGER_TTL_S)
-        pipe.zadd(attendance_sessions_key(ledger.source, ledger.lesson_id), {ledger.session_id: presence.at_ms},
-                  nx=True)
-        pipe.expire(attendance_sessions_key(ledger.source, ledger.lesson_id), LEDGER_TTL_S)
+        pipe.hsetnx(write.key, write.field, write.value)
+        pipe.expire(write.key, write.ttl_s)
+        pipe.zadd(write.index_key, {write.index_member: write.index_score}, nx=True)
+        pipe.expire(write.index_key, write.ttl_s)
         added, *_ = await pipe.execute()
     return bool(added)
 

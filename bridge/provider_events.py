@@ -8,7 +8,6 @@ reference and the provider's own event key, so a job that runs twice sends nothi
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable
 
 from redis.asyncio import Redis
@@ -79,27 +78,13 @@ async def session_started(job: Job, ledger: Ledger, at_ms: int) -> None:
     await attendance.mark_started(job.rt.redis, ledger, at_ms)
 
 
-SETTLE_STEP_S = 0.1
-SETTLE_MAX_S = 2.0
-
-
-async def _settled(redis: Redis, ledger: Ledger) -> None:
-    """Until the ledger stops growing (bounded): a provider sends a session's last leaves together with its
-    end, and their jobs, running alongside this one, must reach the ledger before the report is made."""
-    size = await redis.hlen(ledger.key)
-    for _ in range(int(SETTLE_MAX_S / SETTLE_STEP_S)):
-        await asyncio.sleep(SETTLE_STEP_S)
-        now = await redis.hlen(ledger.key)
-        if now == size:
-            return
-        size = now
-
-
 async def session_ended(job: Job, ledger: Ledger, at_ms: int) -> None:
-    """Close the session; the event that closed it first (or a replay of the session) sends the report."""
+    """Close the session; the event that closed it first (or a replay of the session) sends the report.
+
+    Provider webhooks reach the ledger in the accept call itself (provider_intake), so every join and
+    leave accepted before the end is in it now, however far behind the queue's participant jobs are."""
     first = await attendance.mark_ended(job.rt.redis, ledger, at_ms, job.ref)
     if first or job.replay_of:
-        await _settled(job.rt.redis, ledger)
         snapshot = await attendance.load(job.rt.redis, ledger)
         await job.emit(WebhookType.ATTENDANCE_REPORT, snapshot.report(ledger.session_id),
                        discriminator=ledger.session_id)

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.requests import Request
 
-from bridge.attendance import iso_ms
+from bridge.attendance import Ledger, Presence, iso_ms, presence_write
 from bridge.clock import utc_now_iso
 from bridge.config import Settings
 from bridge.errors import ApiError
@@ -27,7 +27,7 @@ from bridge.provider_events import PROVIDER_EVENT_TYPE, room_owner
 from bridge.providers import build_receiver
 from bridge.providers.receiver import Notice, Receiver, ReceiverAuthError
 from bridge.routing import plan, provider_source
-from bridge.store import EventRecord
+from bridge.store import EventRecord, LedgerWrite
 
 log = structlog.get_logger("bridge.provider_intake")
 
@@ -100,5 +100,14 @@ async def receive(request: Request, settings: Settings, redis: Redis, batcher: A
     event = {"id": notice.event_id, "type": PROVIDER_EVENT_TYPE, "occurred_at": iso_ms(notice.fact.at_ms),
              "lesson": {"id": lesson_id, "provider": name},
              "data": {"source": lesson_source, "provider_type": notice.type, "fact": notice.fact.model_dump()}}
-    record = EventRecord(source, notice.event_id, utc_now_iso(), document, event, plan(source, event))
+    jobs = plan(source, event)
+    ledger_writes: tuple[LedgerWrite, ...] = ()
+    if notice.fact.kind == "presence":
+        # Into the ledger with the event itself: the session's report never waits for the participant jobs.
+        assert notice.fact.presence is not None
+        ledger = Ledger(lesson_source, lesson_id, notice.fact.session_id)
+        ledger_writes = (presence_write(ledger, notice.event_id, Presence(**notice.fact.presence)),)
+    elif notice.fact.kind == "session_ended":
+        jobs = [job._replace(ahead=True) for job in jobs]     # its ledger is complete: report at once
+    record = EventRecord(source, notice.event_id, utc_now_iso(), document, event, jobs, ledger_writes)
     return await store(batcher, source, [record], outcome)

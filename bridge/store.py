@@ -180,16 +180,19 @@ end
 # failing at a write half way through (scripts are not rolled back).
 ACCEPT_SCRIPT = "#!lua" + ENQUEUE_JOB_LUA + f"""
 -- KEYS: [1] event log
--- ARGV: [1] dedupe ttl ms, [2] enqueue time ms (job score), [3] job expiry ms, [4] event count;
---       per event: meta JSON [id, source, received_at, jobs json, job id, queue, job id, queue, ...],
---       raw, canonical, then one arq payload per job
+-- ARGV: [1] dedupe ttl ms, [2] now ms (each job's score is in meta), [3] job expiry ms, [4] event count;
+--       per event: meta JSON [id, source, received_at, jobs json, job id, queue, score, ...], raw,
+--       canonical, one arq payload per job, then the number of ledger writes and 7 values per write
+--       (hash, field, value, sessions zset, session id, its score, ttl s): LedgerWrite
 -- Returns per event: log entry id, 1 if new / 0 if a duplicate (the id is then the original's).
-local ttl, score, expires = ARGV[1], ARGV[2], ARGV[3]
+local ttl, expires = ARGV[1], ARGV[3]
 local a = 5
 local out = {{}}
 for _ = 1, tonumber(ARGV[4]) do
   local meta = cjson.decode(ARGV[a])
-  local njobs = (#meta - 4) / 2
+  local njobs = (#meta - 4) / 3
+  local w = a + 3 + njobs
+  local nwrites = tonumber(ARGV[w])
   local seen = '{SEEN_PREFIX}' .. meta[2] .. ':' .. meta[1]
   local existing = redis.call('GET', seen)
   if existing then
@@ -200,15 +203,26 @@ for _ = 1, tonumber(ARGV[4]) do
       'received_at', meta[3], 'raw', ARGV[a + 1], 'canonical', ARGV[a + 2], 'jobs', meta[4])
     redis.call('SET', seen, entry, 'PX', ttl)
     for j = 1, njobs do
-      enqueue_job(meta[3 + 2 * j], meta[4 + 2 * j], ARGV[a + 2 + j], score, expires)
+      enqueue_job(meta[2 + 3 * j], meta[3 + 3 * j], ARGV[a + 2 + j], meta[4 + 3 * j], expires)
+    end
+    for k = 0, nwrites - 1 do
+      local b = w + 1 + 7 * k
+      redis.call('HSETNX', ARGV[b], ARGV[b + 1], ARGV[b + 2])
+      redis.call('EXPIRE', ARGV[b], ARGV[b + 6])
+      redis.call('ZADD', ARGV[b + 3], 'NX', ARGV[b + 5], ARGV[b + 4])
+      redis.call('EXPIRE', ARGV[b + 3], ARGV[b + 6])
     end
     out[#out + 1] = entry
     out[#out + 1] = 1
   end
-  a = a + 3 + njobs
+  a = w + 1 + 7 * nwrites
 end
 return out
 """
+
+# A job that must not wait behind the queue (an attendance report whose ledger is already complete)
+# is scored this much earlier than now; arq takes the lowest score first and reads 0 as "no job".
+JUMP_AHEAD_MS = 10 * 60 * 1000
 
 
 class JobSpec(NamedTuple):   # a NamedTuple: built several times per request on the accept path
@@ -216,6 +230,20 @@ class JobSpec(NamedTuple):   # a NamedTuple: built several times per request on 
     function: str
     job_id: str
     envelope: dict[str, Any]
+    ahead: bool = False      # ahead of the queue (JUMP_AHEAD_MS)
+
+
+class LedgerWrite(NamedTuple):
+    """One entry of a hash kept with a sorted-set index of the hashes (the attendance ledger), written in
+    the same accept call as the event it comes from, so the two are stored together or not at all."""
+
+    key: str
+    field: str
+    value: str
+    index_key: str
+    index_member: str
+    index_score: int
+    ttl_s: int
 
 
 class EventRecord(NamedTuple):
@@ -225,6 +253,7 @@ class EventRecord(NamedTuple):
     raw: dict[str, Any]
     canonical: dict[str, Any]
     jobs: list[JobSpec]
+    ledger: tuple[LedgerWrite, ...] = ()
 
 
 def serialize_arq(obj: Any) -> bytes:
@@ -249,9 +278,12 @@ def accept_call(events: list[EventRecord], dedupe_ttl_ms: int, now_ms: int) -> t
         meta: list[str] = [record.event_id, record.source, record.received_at,
                            orjson.dumps([job.job_id for job in record.jobs]).decode()]
         for job in record.jobs:
-            meta += [job.job_id, job.queue]
+            meta += [job.job_id, job.queue, str(now_ms - JUMP_AHEAD_MS if job.ahead else now_ms)]
         args += [orjson.dumps(meta), orjson.dumps(record.raw), orjson.dumps(record.canonical)]
         args += [arq_payload(job.function, (job.envelope,), now_ms) for job in record.jobs]
+        args.append(len(record.ledger))
+        for write in record.ledger:
+            args += write
     return [EVENT_LOG], args
 
 

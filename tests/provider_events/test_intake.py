@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bridge.store import EVENT_LOG, room_owner_key, seen_key
+from bridge.store import EVENT_LOG, WORKER_QUEUE, attendance_key, room_owner_key, seen_key
 from tests.provider_events.conftest import HMS_HEADERS, ROOM, fixture, providers_config
 from tests.providers.jaas.sim import JaasSim
 from tests.test_intake import nothing_stored
@@ -46,6 +46,21 @@ async def test_a_jaas_event_is_stored_once_and_a_repeat_is_200(bridge, client, r
         "kind": "joined", "at_ms": 1763805600112, "participant_id": "8a6c3e2b", "user_id": "31",
         "name": "Ada Lovelace", "role": "moderator", "reason": None, "joined_at_ms": None, "precision": "exact"}
     assert await redis.exists(seen_key("provider:jaas", body["idempotencyKey"]))
+    # In the ledger with the event itself (no worker runs here), written once.
+    ledger = attendance_key("default", "moodle:lms.example.edu:87", body["sessionId"])
+    assert await redis.hkeys(ledger) == [f"e:{body['idempotencyKey']}".encode()]
+    assert json.loads(await redis.hget(ledger, f"e:{body['idempotencyKey']}")) == canonical["data"]["fact"]["presence"]
+
+
+async def test_a_session_end_is_queued_ahead_of_the_participant_jobs(bridge, client, redis, jaas) -> None:
+    sim, _ = jaas
+    await own_room(redis, "jaas")
+    joined, ended = fixture("jaas/participant_joined.json"), fixture("jaas/room_destroyed.json")
+    for body in (joined, ended):
+        assert (await post_jaas(client, bridge, body, sim)).status_code == 202
+    queued = [job.decode() for job in await redis.zrange(WORKER_QUEUE, 0, -1)]
+    assert queued == [f"provider:jaas:{ended['idempotencyKey']}:provider_event",
+                      f"provider:jaas:{joined['idempotencyKey']}:provider_event"]
 
 
 async def test_several_v1_signatures_and_other_schemes(bridge, client, redis, jaas) -> None:
