@@ -24,7 +24,7 @@ from bridge.admin import admin_routes
 from bridge.config import Settings
 from bridge.errors import ApiError, error_response
 from bridge.intake import AcceptBatcher, DurableAccept, receive
-from bridge.provider_intake import build_receivers
+from bridge.provider_intake import RoomOwners, build_receivers
 from bridge.provider_intake import receive as receive_provider_event
 from bridge.providers.sandbox.adapter import SandboxProvider
 from bridge.providers.sandbox.settings import SandboxSettings
@@ -94,11 +94,13 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
         return JSONResponse(outcome.body(), status_code=outcome.status)
 
     receivers = build_receivers(settings)      # checks each provider's webhook settings at start-up
+    owners = RoomOwners()
 
     async def provider_events(request: Request) -> Response:
         source = provider_source(request.path_params["provider"])
         try:
-            outcome = await receive_provider_event(request, settings, state["redis"], state["batcher"], receivers)
+            outcome = await receive_provider_event(request, settings, state["redis"], state["batcher"], receivers,
+                                                   owners)
         except ApiError as exc:
             structlog.contextvars.bind_contextvars(error=exc.code)
             state["metrics"].rejected(source, exc.code)

@@ -9,6 +9,7 @@ provider's idempotency key is a duplicate (200).
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 
 import orjson
@@ -42,6 +43,32 @@ def build_receivers(settings: Settings) -> dict[str, Receiver]:
     return receivers
 
 
+OWNER_CACHE_S = 60.0
+OWNER_CACHE_MAX = 10_000
+
+
+class RoomOwners:
+    """Which lesson a provider's room belongs to, remembered for a minute: a session's every webhook names
+    the same room, and the lookup would otherwise be a second Redis round trip per request. A room is
+    made once per lesson, so an answer only goes stale if a room name is reused for another lesson."""
+
+    def __init__(self) -> None:
+        self.known: OrderedDict[tuple[str, tuple[str, ...]], tuple[float, tuple[str, str]]] = OrderedDict()
+
+    async def lookup(self, redis: Redis, provider: str, rooms: tuple[str, ...]) -> tuple[str, str] | None:
+        now = time.monotonic()
+        cached = self.known.get((provider, rooms))
+        if cached is not None and now - cached[0] < OWNER_CACHE_S:
+            return cached[1]
+        owner = await room_owner(redis, provider, rooms)
+        if owner is not None:           # an unknown room may become known any moment: never remembered
+            self.known[(provider, rooms)] = (now, owner)
+            self.known.move_to_end((provider, rooms))
+            if len(self.known) > OWNER_CACHE_MAX:
+                self.known.popitem(last=False)
+        return owner
+
+
 def _receiver(settings: Settings, receivers: Mapping[str, Receiver], name: str) -> Receiver:
     if name not in settings.providers:
         raise ApiError(404, "unknown_provider", f"no provider named {name!r} is configured",
@@ -70,7 +97,7 @@ def _notice(receiver: Receiver, body: bytes) -> tuple[Notice, dict[str, object]]
 
 
 async def receive(request: Request, settings: Settings, redis: Redis, batcher: AcceptBatcher,
-                  receivers: Mapping[str, Receiver]) -> Outcome:
+                  receivers: Mapping[str, Receiver], owners: RoomOwners) -> Outcome:
     name = request.path_params["provider"]
     receiver = _receiver(settings, receivers, name)
     structlog.contextvars.bind_contextvars(source=provider_source(name))
@@ -88,7 +115,7 @@ async def receive(request: Request, settings: Settings, redis: Redis, batcher: A
         log.info("event.ignored", event_id=notice.event_id, reason=f"{notice.type} is not acted on")
         return outcome
     try:
-        owner = await room_owner(redis, name, notice.rooms)
+        owner = await owners.lookup(redis, name, notice.rooms)
     except RedisError as exc:
         raise store_unavailable(provider_source(name), exc) from None
     if owner is None:
