@@ -8,6 +8,8 @@ from typing import Any
 
 from bridge.eventlog.entries import parse_time
 
+LABEL_CHARS = 24                   # a participant's name in the timeline's left column
+
 
 @dataclass(frozen=True)
 class Bar:
@@ -46,7 +48,7 @@ def bar_chart(points: list[tuple[str, int | float | None]], caption: str, *, wid
                         width=round(slot * 0.8, 1), height=round(bar_height, 1),
                         label=label if index % label_every == 0 else "",
                         value=value, title=f"{label}: {'unknown' if value is None else value}"))
-    return BarChart(width, height, bars, peak, caption)
+    return BarChart(width, height, bars, max([v for _, v in points if v is not None] or [0]), caption)
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,19 @@ def attendance_timeline(report: dict[str, Any], now: datetime | None = None, *, 
             begin = (parse_time(joined_at) - start).total_seconds() / total * plot
             length = (parse_time(left_at) - parse_time(joined_at)).total_seconds() / total * plot
             spans.append(Span(round(left + begin, 1), round(max(length, 2), 1), f"{joined_at} → {left_at}"))
-        who = person.get("name") or person.get("user_id") or "?"
+        who = str(person.get("name") or person.get("user_id") or "?")
+        who = who if len(who) <= LABEL_CHARS else who[:LABEL_CHARS - 1] + "…"
         rows.append(TimelineRow(f"{who} ({person.get('role')})", index * row_height + 8, spans))
-    return Timeline(width, len(rows) * row_height + 30, left, rows, start.isoformat(), end.isoformat())
+    shown = "%Y-%m-%d %H:%M:%S UTC"
+    return Timeline(width, len(rows) * row_height + 30, left, rows, start.strftime(shown), end.strftime(shown))
+
+
+def duration_label(seconds: float) -> str:
+    """A histogram bound as people read it: 5ms, 250ms, 2.5s, 15m, 4h."""
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    if seconds < 60:
+        return f"{seconds:g}s"
+    if seconds < 3600:
+        return f"{seconds / 60:g}m"
+    return f"{seconds / 3600:g}h"

@@ -49,7 +49,7 @@ SECURITY_HEADERS = [
                                  b"form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),     # no-referrer would make forms send Origin: null
     (b"cache-control", b"no-store"),
 ]
 
@@ -220,8 +220,8 @@ class Console:
         rate = charts.bar_chart([(_since_label(m), n) for m, n in view.per_minute],
                                 "Events accepted per minute, last 30 minutes (UTC)", label_every=5)
         attempts = charts.bar_chart(sorted(view.attempts.items()), "Webhook attempts by answer", width=320)
-        latency = charts.bar_chart([(b.rstrip("0").rstrip(".") if b != "+Inf" else "more", n)
-                                    for b, n in view.latency], "Job durations (seconds, upper bound)")
+        latency = charts.bar_chart([(charts.duration_label(float(b)) if b != "+Inf" else "more", n)
+                                    for b, n in view.latency], "Job durations (runs per bucket, upper bound)")
         queues = charts.bar_chart([(f"{q} due", due) for q, (_, due) in view.queues.items()] +
                                   [(f"{q} all", depth) for q, (depth, _) in view.queues.items()],
                                   "Queue depth", width=320)
