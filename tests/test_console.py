@@ -52,6 +52,8 @@ async def test_pages_need_a_session_and_the_token_signs_in(console: Bridge, clie
     for path in PAGES:
         answer = await client.get(f"{console.base_url}{path}")
         assert answer.status_code == 303 and answer.headers["location"].startswith("/console/signin?next=")
+    bare = await client.get(f"{console.base_url}/console")
+    assert bare.status_code in (307, 308) and bare.headers["location"].endswith("/console/")
     wrong = await client.post(f"{console.base_url}/console/signin", data={"token": TOKEN + "x"})
     assert wrong.status_code == 401 and "not the admin token" in wrong.text and COOKIE not in wrong.cookies
     async with signed_in(console.base_url) as http:

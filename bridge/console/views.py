@@ -370,8 +370,9 @@ class Console:
         inner += [Route(path, self.action(name, handler), methods=["POST"]) for path, name, handler in actions]
         inner += [Route("/signin", self.signin, methods=["GET", "POST"]),
                   Mount("/static", StaticFiles(directory=HERE / "static"), name="console-static")]
-        return [Route("/console", lambda request: RedirectResponse("/console/", status_code=308)),
-                Mount("/console", routes=inner, middleware=[Middleware(SecurityHeaders)])]
+        # One Mount, no top-level Route: the pages are not API, so /openapi.json leaves them out; the
+        # router's redirect_slashes takes /console to /console/.
+        return [Mount("/console", routes=inner, middleware=[Middleware(SecurityHeaders)])]
 
 
 def console_routes(settings: Settings) -> list[BaseRoute]:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from playwright.async_api import BrowserContext, Page, expect
+from playwright.async_api import BrowserContext, Locator, Page, expect
 
 from bridge import attendance
 from bridge.console.session import COOKIE, SessionSigner
@@ -41,6 +41,15 @@ async def sign_in(page: Page, base: str, next_path: str = "/console/") -> None:
     await expect(page.get_by_role("button", name="Sign out")).to_be_visible()
 
 
+async def reload_until(page: Page, wanted: Locator, timeout_s: float, failure: str) -> None:
+    """The console does not refresh itself (no script): reload, as an operator would, until it shows."""
+    deadline = time.monotonic() + timeout_s
+    while not await wanted.count():
+        assert time.monotonic() < deadline, failure
+        await asyncio.sleep(0.25)
+        await page.reload()
+
+
 async def shoot(page: Page, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
@@ -56,12 +65,8 @@ async def test_a_dead_delivery_is_found_redelivered_and_then_delivered(console: 
     page = await context.new_page()
     await sign_in(page, console.base_url, "/console/events")
     # Find it: the events list shows the dead webhook (reload while the retries run out, bounded).
-    dead_badge = page.locator("tr", has_text="evt_dead").locator(".badge-dead")
-    deadline = time.monotonic() + 20
-    while not await dead_badge.count():
-        assert time.monotonic() < deadline, "the delivery never went dead"
-        await asyncio.sleep(0.3)
-        await page.reload()
+    await reload_until(page, page.locator("tr", has_text="evt_dead").locator(".badge-dead"), 20,
+                       "the delivery never went dead")
     await page.get_by_role("link", name="evt_dead").click()
     await expect(page.get_by_role("heading", name="Event evt_dead")).to_be_visible()
     delivery = page.locator(".delivery", has_text="join.ready")
@@ -70,12 +75,8 @@ async def test_a_dead_delivery_is_found_redelivered_and_then_delivered(console: 
     await delivery.get_by_role("button", name="Redeliver").click()
     await expect(page.get_by_role("status")).to_contain_text("1 redelivery(ies) queued, 0 refused")
     await page.get_by_role("link", name="Back").click()
-    delivered = page.locator(".delivery", has_text="join.ready").locator(".badge-delivered")
-    deadline = time.monotonic() + 15
-    while not await delivered.count():
-        assert time.monotonic() < deadline, "the redelivery did not succeed"
-        await asyncio.sleep(0.2)
-        await page.reload()
+    await reload_until(page, page.locator(".delivery", has_text="join.ready").locator(".badge-delivered"), 15,
+                       "the redelivery did not succeed")
     assert any(d["type"] == "join.ready" for d in hook.delivered)
 
 
