@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint mutation bench bench-ingest bench-tokens bench-pipeline bench-recording bench-persistence bench-storage bench-attendance clean
+.PHONY: run test test-browser lint mutation bench bench-ingest bench-tokens bench-pipeline bench-recording bench-persistence bench-storage bench-attendance bench-console clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,14 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --ignore=tests/browser
+	@echo "make test: browser tests (tests/browser/, Chromium) skipped; run them with: make test-browser"
+
+# The console in a real browser: the distribution's Chromium (/usr/bin/chromium; apt-get install chromium),
+# driven by Playwright's Python package. No browser is downloaded.
+test-browser: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,browser]'
+	$(BIN)/pytest -q tests/browser
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -54,8 +61,7 @@ bench-persistence: $(STAMP)
 bench-storage: $(STAMP)
 	$(BIN)/python bench/storage.py
 
-bench-attendance: $(STAMP)
-	$(BIN)/python bench/attendance.py
+.PHONY: run test test-browser lint mutation bench bench-ingest bench-tokens bench-pipeline bench-recording bench-persistence bench-storage bench-attendance bench-console clean
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

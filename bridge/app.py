@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bridge import metrics, openapi
 from bridge.admin import admin_routes
 from bridge.config import Settings
+from bridge.console import console_routes
 from bridge.errors import ApiError, error_response
 from bridge.intake import AcceptBatcher, DurableAccept, receive
 from bridge.provider_intake import RoomOwners, build_receivers
@@ -161,6 +162,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
         Route("/sandbox/{room}", sandbox_room, methods=["GET"]),
     ]
     routes += admin_routes(settings)      # /v1/admin/: 404 everywhere unless BRIDGE_ADMIN_TOKEN is set
+    routes += console_routes(settings)    # /console: likewise
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.add_middleware(AccessLog)
     app.state.bridge = state
