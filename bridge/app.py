@@ -27,6 +27,8 @@ from bridge.intake import AcceptBatcher, DurableAccept, receive
 from bridge.providers.sandbox.adapter import SandboxProvider
 from bridge.providers.sandbox.settings import SandboxSettings
 from bridge.responses import JSONResponse
+from bridge.storage import recordings_route
+from bridge.storage.configured import local_storage_once
 from bridge.store import ACCEPT_SCRIPT, WEB_CLIENT_NAME, WORKER_QUEUE, health_check_key, redis_client
 
 log = structlog.get_logger("bridge.web")
@@ -142,6 +144,8 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
         Route("/sandbox/{room}", sandbox_room, methods=["GET"]),
     ]
     routes += admin_routes(settings)      # /v1/admin/: 404 everywhere unless BRIDGE_ADMIN_TOKEN is set
+    if settings.storage.kind == "local":  # signed downloads of recordings stored on this disk
+        routes.append(recordings_route(local_storage_once(settings, lambda: state["redis"])))
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.add_middleware(AccessLog)
     app.state.bridge = state

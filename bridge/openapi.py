@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from bridge.config import Settings, SourceConfig
-from bridge.schema.events import CANONICAL, MAX_TEXT, CallEvent, LessonEvent, UserEvent
+from bridge.schema.events import CANONICAL, MAX_TEXT, CallEvent, LessonEvent, RecordingDeleteEvent, UserEvent
 from bridge.schema.webhooks import WEBHOOK_DATA, WebhookType, payload_schema
 
 Schema = dict[str, Any]
@@ -80,7 +80,7 @@ def _error_schema(status: int | None = None) -> Schema:
 @cache
 def model_schemas() -> dict[str, Schema]:
     """Component schemas generated from bridge.schema: the canonical event and every webhook's data."""
-    models = dict.fromkeys([LessonEvent, UserEvent, CallEvent, *WEBHOOK_DATA.values()])
+    models = dict.fromkeys([LessonEvent, UserEvent, CallEvent, RecordingDeleteEvent, *WEBHOOK_DATA.values()])
     _, generated = models_json_schema([(model, "validation") for model in models], ref_template=SCHEMA_REF)
     schemas: dict[str, Schema] = generated["$defs"]
     event = CANONICAL.json_schema(ref_template=SCHEMA_REF)

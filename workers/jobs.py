@@ -17,7 +17,7 @@ import structlog
 from arq import Retry
 from redis.exceptions import LockError
 
-from bridge import lifecycle, metrics, recorder
+from bridge import lifecycle, metrics, recorder, stored_recordings
 from bridge.clock import utc_now_iso
 from bridge.lifecycle import Job, Runtime
 from bridge.providers.base import ProviderError
@@ -28,7 +28,7 @@ from bridge.webhooks import deliver
 
 log = structlog.get_logger("bridge.jobs")
 MAX_TRIES = 8
-HANDLERS = {**lifecycle.HANDLERS, **recorder.HANDLERS}
+HANDLERS = {**lifecycle.HANDLERS, **recorder.HANDLERS, **stored_recordings.HANDLERS}
 RUNS_TTL_S = 30 * 24 * 3600
 
 
@@ -92,7 +92,7 @@ def event_job(function: str, deadline_s: float,
         structlog.contextvars.bind_contextvars(event_id=event["id"], ref=ref, job=function, job_try=job_try)
         started = time.perf_counter()
         source = rt.settings.sources.get(envelope["source"])
-        job = Job(rt, source, ref, event, envelope.get("replay_of")) if source else None
+        job = Job(rt, source, ref, event, envelope.get("replay_of"), job_try >= max_tries) if source else None
         error: ProviderError | None = None
         try:
             if job is None:
