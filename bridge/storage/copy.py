@@ -108,7 +108,10 @@ async def copy_provider_recording(storage: Storage, recording_id: str, url: str,
                                   client: httpx.AsyncClient | None = None) -> StoredRecording:
     """Copy the recording at a provider's link into storage under `recording_id`, verified (the upload
     checks the SHA-256 computed while downloading). `directory` holds the temp file ([recording] dir); it
-    is removed whatever happens. Safe to repeat. Raises ProviderLinkFailed or the storage's errors."""
+    is removed whatever happens. Safe to repeat. Raises ProviderLinkFailed or the storage's errors.
+
+    `client`: one without redirects of its own and without a whole-exchange deadline (not the workers'
+    provider client, whose deadline would cut a large download); by default a client of its own."""
     check_recording_id(recording_id)
     if client is None:
         async with httpx.AsyncClient(timeout=TIMEOUT) as own:
