@@ -31,6 +31,8 @@ from bridge.providers.sandbox.adapter import SandboxProvider
 from bridge.providers.sandbox.settings import SandboxSettings
 from bridge.responses import JSONResponse
 from bridge.routing import provider_source
+from bridge.storage import recordings_route
+from bridge.storage.configured import local_storage_once
 from bridge.store import ACCEPT_SCRIPT, WEB_CLIENT_NAME, WORKER_QUEUE, health_check_key, redis_client
 
 log = structlog.get_logger("bridge.web")
@@ -163,6 +165,8 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Starlette:
     ]
     routes += admin_routes(settings)      # /v1/admin/: 404 everywhere unless BRIDGE_ADMIN_TOKEN is set
     routes += console_routes(settings)    # /console: likewise
+    if settings.storage.kind == "local":  # signed downloads of recordings stored on this disk
+        routes.append(recordings_route(local_storage_once(settings, lambda: state["redis"])))
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.add_middleware(AccessLog)
     app.state.bridge = state

@@ -23,6 +23,7 @@ from bridge.recording import RecorderConfig
 from bridge.schema.events import Lesson, User
 from bridge.schema.webhooks import WebhookType
 from bridge.sources.canonical import iso
+from bridge.storage import Storage
 from bridge.store import (
     lesson_key,
     lesson_lock_key,
@@ -44,6 +45,7 @@ class Runtime:
     webhooks: httpx.AsyncBaseTransport           # webhook deliveries (the same connections as `http`)
     providers: dict[str, Provider]
     recording: RecorderConfig | None = None      # recorder processes only
+    storage: Storage | None = None               # where finished recordings go ([storage])
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Job:
     ref: str
     event: dict[str, Any]
     replay_of: str | None
+    last_try: bool = False                       # a retryable failure now is final: report it
     pending: list[Outbound] = field(default_factory=list)   # webhooks whose first attempt is ours to make
     _state: dict[str, str] | None = None
 

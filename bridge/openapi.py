@@ -20,7 +20,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from bridge.config import Settings, SourceConfig
-from bridge.schema.events import CANONICAL, MAX_TEXT, CallEvent, LessonEvent, UserEvent
+from bridge.schema.events import (
+    CANONICAL,
+    MAX_TEXT,
+    RECORDING_ID,
+    CallEvent,
+    LessonEvent,
+    RecordingDeleteEvent,
+    UserEvent,
+)
 from bridge.schema.provider_events import HmsEvent, JaasEvent
 from bridge.schema.webhooks import WEBHOOK_DATA, WebhookType, payload_schema
 
@@ -81,7 +89,8 @@ def _error_schema(status: int | None = None) -> Schema:
 @cache
 def model_schemas() -> dict[str, Schema]:
     """Component schemas generated from bridge.schema: the canonical event and every webhook's data."""
-    models = dict.fromkeys([LessonEvent, UserEvent, CallEvent, JaasEvent, HmsEvent, *WEBHOOK_DATA.values()])
+    models = dict.fromkeys([LessonEvent, UserEvent, CallEvent, RecordingDeleteEvent, JaasEvent, HmsEvent,
+                            *WEBHOOK_DATA.values()])
     _, generated = models_json_schema([(model, "validation") for model in models], ref_template=SCHEMA_REF)
     schemas: dict[str, Schema] = generated["$defs"]
     event = CANONICAL.json_schema(ref_template=SCHEMA_REF)
@@ -450,6 +459,35 @@ def admin_paths() -> dict[str, Schema]:
     }
 
 
+def _recording_download(operation_id: str) -> Schema:
+    """`[storage] kind = "local"`: the link a recording.ready webhook hands out."""
+    def refused(description: str) -> Schema:
+        return {"description": description, "content": _json(_ref("Error"))}
+    media = {"description": "The recording (`Content-Type` by container).",
+             "headers": {"Accept-Ranges": {"schema": {"const": "bytes"}}},
+             "content": {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}}
+    return {
+        "operationId": operation_id, "summary": "Download a stored recording through a signed, expiring link.",
+        "tags": ["recordings"],
+        "parameters": [
+            {"name": "recording_id", "in": "path", "required": True,
+             "schema": {"type": "string", "pattern": f"^{RECORDING_ID.pattern}$"}},
+            {"name": "expires", "in": "query", "required": True, "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+            {"name": "sig", "in": "query", "required": True, "schema": {"type": "string"}},
+            {"name": "Range", "in": "header", "required": False, "schema": {"type": "string"},
+             "description": "One byte range (`bytes=first-last`, `bytes=first-`, `bytes=-suffix`)."}],
+        "responses": {
+            "200": media,
+            "206": {**media, "description": "The requested range (`Content-Range`)."},
+            "403": refused("The signature does not match this recording (`bad_signature`) or the link has "
+                           "expired (`link_expired`)."),
+            "404": refused("No stored recording has this id (`not_found`)."),
+            "416": refused("The range lies outside the file (`range_not_satisfiable`)."),
+            "503": _error(503, "Redis, which holds the link secret, is unreachable.", retry_after=True),
+        },
+    }
+
+
 def document(settings: Settings, admin: bool = False) -> Schema:
     """The document; `admin` adds the admin API (served only to a caller holding the admin token)."""
     try:
@@ -521,6 +559,9 @@ def document(settings: Settings, admin: bool = False) -> Schema:
             "responses": {"200": {"description": "OpenAPI 3.1.", "content": _json({"type": "object"})}},
         }},
     })
+    if settings.storage.kind == "local":
+        paths["/v1/recordings/{recording_id}"] = {"get": _recording_download("getRecording"),
+                                                   "head": _recording_download("headRecording")}
     components: Schema = {}
     if admin and settings.admin_token:
         paths.update(admin_paths())

@@ -12,6 +12,7 @@ recording.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import socket
@@ -42,6 +43,7 @@ from bridge.recording import (
 from bridge.redis_link import LINK, REDIS_AWAY
 from bridge.schema.webhooks import WebhookType
 from bridge.store import ACTIVE_RECORDINGS, recording_key, recording_lease_key, recording_stop_key
+from bridge.stored_recordings import STORE_FUNCTION, enqueue_store, enqueue_store_job, store_finished
 
 log = structlog.get_logger("bridge.recorder")
 POLL_S = 0.5
@@ -142,9 +144,17 @@ async def _supervise(job: Job, recording_id: str, session: RecordingSession) -> 
             await asyncio.wait({waiter}, timeout=15)
 
 
+# A recording in one of these states has its final file: a re-run of its start job (arq is at-least-once)
+# must not record it again, only make sure its upload is queued.
+FINISHED = frozenset({b"completed", b"storing", b"store_retrying", b"stored", b"store_failed", b"deleted"})
+
+
 async def recording_start(job: Job) -> None:
     rt, data = job.rt, job.event.get("data") or {}
     recording_id = recording_id_for(job.ref)
+    if await rt.redis.hget(recording_key(recording_id), "status") in FINISHED:
+        await enqueue_store_job(job)
+        return
     active = (await job.state()).get("recording")
     if (active and active != recording_id and not data.get("allow_concurrent")
             and await rt.redis.exists(recording_lease_key(active))):
@@ -209,10 +219,53 @@ async def recording_start(job: Job) -> None:
                 "duration_s": final.duration_s, "container": final.container, "sha256": final.sha256,
                 "parts": final.parts, "reason": str(result.reason)}
         await LINK.retrying(rt.redis, lambda: job.emit(WebhookType.RECORDING_COMPLETED, data))
+        await LINK.retrying(rt.redis, lambda: enqueue_store(job, recording_id, final))
     else:
         data = {"recording_id": recording_id, "reason": final.reason or str(result.reason),
                 "detail": result.detail, "ffmpeg_stderr": (final.stderr_tail or result.stderr_tail)[-20:]}
         await LINK.retrying(rt.redis, lambda: job.emit(WebhookType.RECORDING_FAILED, data))
+
+
+async def recording_store(job: Job) -> None:
+    """The upload of a finished recording (bridge/stored_recordings.py), under the recording's lease: if
+    this recorder dies mid-upload, another sees the lease lapse and hands the job back within `lease_s`
+    (reclaim_orphans), instead of after arq's in-progress timeout (hours on the recorder queue); the
+    re-run resumes the upload."""
+    redis = job.rt.redis
+    recording_id = recording_id_for(job.ref)
+    lease = await _refresh(job, recording_id, None, "storing")
+    if lease.holder:
+        log.warning("recording.store_held_elsewhere", recording_id=recording_id, holder=lease.holder)
+        return
+    await redis.hset(recording_key(recording_id), "job_id", f"{job.ref}:{STORE_FUNCTION}")
+    await metrics.recording_started(redis, recording_id)      # what reclaim_orphans watches
+    renewing = asyncio.ensure_future(_keep_lease(job, recording_id))
+    status = "store_retrying"
+    try:
+        status = await store_finished(job, recording_id)
+    finally:
+        renewing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewing
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.hset(recording_key(recording_id), mapping={"status": status, "updated_at": str(time.time())})
+            pipe.delete(recording_lease_key(recording_id))
+            await pipe.execute()
+        await metrics.recording_finished(redis, recording_id)
+
+
+async def _keep_lease(job: Job, recording_id: str) -> None:
+    """Renew the lease every third of its period until cancelled."""
+    while True:
+        await asyncio.sleep(job.rt.settings.recording.lease_s / 3)
+        try:
+            lease = await _refresh(job, recording_id, None, "storing")
+        except REDIS_AWAY as exc:
+            LINK.failed(exc)
+            continue
+        LINK.ok()
+        if lease.holder:       # cut off from Redis longer than the lease: the other holder uploads too
+            log.error("recording.lease_lost", recording_id=recording_id, holder=lease.holder)
 
 
 async def _announce(job: Job, recording_id: str, session: RecordingSession, source_url: str | None) -> str | None:
@@ -291,4 +344,4 @@ async def shutdown_recordings() -> None:
     await stop_all(EndReason.SHUTDOWN)
 
 
-HANDLERS = {"recording_start": recording_start}
+HANDLERS = {"recording_start": recording_start, STORE_FUNCTION: recording_store}

@@ -22,6 +22,7 @@ JOBS_BY_TYPE: dict[str, list[tuple[str, str]]] = {
     "user.banned": [(WORKER_QUEUE, "user_banned")],
     "recording.start": [(RECORDER_QUEUE, "recording_start")],
     "recording.stop": [(WORKER_QUEUE, "recording_stop")],
+    "recording.delete": [(WORKER_QUEUE, "recording_delete")],
     "call.dial_out": [(WORKER_QUEUE, "call_dial_out")],
     "call.hang_up": [(WORKER_QUEUE, "call_hang_up")],
     "role.assigned": [(WORKER_QUEUE, "role_changed")],

@@ -142,7 +142,9 @@ METRICS_MOODLE_WS = f"{PREFIX}metrics:moodle-ws"        # hash [source, function
 
 
 def recording_key(recording_id: str) -> str:
-    """Hash: lesson, status, owner, job_id, push_url, source_url, recorded_s, part, updated_at."""
+    """Hash: lesson, status, owner, job_id, push_url, source_url, recorded_s, part, updated_at; once
+    finalized file, sha256, bytes, duration_s; once in storage stored_at, stored_key, content_type,
+    lesson_id, provider; deleted_by (the ref of the deletion that sends recording.deleted)."""
     return f"{PREFIX}recording:{recording_id}"
 
 
@@ -154,6 +156,12 @@ def recording_lease_key(recording_id: str) -> str:
 def recording_stop_key(recording_id: str) -> str:
     """Set by `recording.stop` from any process; the supervising recorder polls it."""
     return f"{PREFIX}recording-stop:{recording_id}"
+
+
+STORED_RECORDINGS = f"{PREFIX}recordings:stored"        # sorted set: recording id → time it was stored
+# The random key that signs `local` storage's download links when [storage] link_secret is unset: made
+# once (SET NX) by whichever process needs it first, so web and recorder sign and check alike.
+STORAGE_LINK_SECRET = f"{PREFIX}storage:link-secret"
 
 
 

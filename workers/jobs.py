@@ -17,7 +17,7 @@ import structlog
 from arq import Retry
 from redis.exceptions import LockError
 
-from bridge import lifecycle, metrics, provider_events, recorder
+from bridge import lifecycle, metrics, provider_events, recorder, stored_recordings
 from bridge.attendance_poll import poll_tick
 from bridge.clock import utc_now_iso
 from bridge.lifecycle import Job, Runtime
@@ -31,7 +31,8 @@ from bridge.webhooks import deliver
 
 log = structlog.get_logger("bridge.jobs")
 MAX_TRIES = 8
-HANDLERS = {**lifecycle.HANDLERS, **recorder.HANDLERS, "provider_event": provider_events.provider_event}
+HANDLERS = {**lifecycle.HANDLERS, **recorder.HANDLERS, **stored_recordings.HANDLERS,
+            "provider_event": provider_events.provider_event}
 RUNS_TTL_S = 30 * 24 * 3600
 
 
@@ -95,7 +96,7 @@ def event_job(function: str, deadline_s: float,
         structlog.contextvars.bind_contextvars(event_id=event["id"], ref=ref, job=function, job_try=job_try)
         started = time.perf_counter()
         source = rt.settings.sources.get(job_source(envelope))
-        job = Job(rt, source, ref, event, envelope.get("replay_of")) if source else None
+        job = Job(rt, source, ref, event, envelope.get("replay_of"), job_try >= max_tries) if source else None
         error: ProviderError | None = None
         ignored: str | None = None
         try:

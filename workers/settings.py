@@ -20,7 +20,9 @@ from bridge.providers import build_provider
 from bridge.providers.base import PROVIDER_DEADLINE_S
 from bridge.recorder import reclaim_loop
 from bridge.routing import JOBS_BY_TYPE
+from bridge.storage import storage_from_settings
 from bridge.store import RECORDER_QUEUE, WORKER_QUEUE, deserialize_arq, serialize_arq, worker_redis
+from bridge.stored_recordings import STORE_DEADLINE_S, STORE_FUNCTION, STORE_TRIES, retention_job
 from workers.jobs import MAX_TRIES, attendance_poll_job, deliver_webhook, event_job, rides_out_redis
 
 RECORDER_GRACE_S = 300      # joining parts and probing after the longest recording
@@ -63,7 +65,8 @@ def worker_settings(settings: Settings, queue: str = WORKER_QUEUE) -> dict[str, 
         providers = {name: build_provider(name, cfg.kind, cfg.settings, http)
                      for name, cfg in settings.providers.items()}
         ctx["bridge"] = Runtime(settings=settings, redis=ctx["redis"], http=http, webhooks=transport,
-                                providers=providers, recording=settings.recording if recorder else None)
+                                providers=providers, recording=settings.recording if recorder else None,
+                                storage=await storage_from_settings(settings, ctx["redis"]))
         if recorder:
             ctx["reclaim"] = asyncio.ensure_future(reclaim_loop(ctx["redis"], settings))
         else:
@@ -79,8 +82,11 @@ def worker_settings(settings: Settings, queue: str = WORKER_QUEUE) -> dict[str, 
             for provider in runtime.providers.values():
                 await provider.aclose()
             await runtime.http.aclose()
+            if runtime.storage is not None:
+                await runtime.storage.aclose()
 
     functions = _functions(settings, queue)
+    cron_jobs = []
     if queue == WORKER_QUEUE:
         functions.append(func(rides_out_redis(deliver_webhook, job_deadline_s(settings)), name="deliver_webhook",
                               max_tries=3))
@@ -88,6 +94,14 @@ def worker_settings(settings: Settings, queue: str = WORKER_QUEUE) -> dict[str, 
         # a lesson polled every few seconds leaves a handful of result keys, not an hour's worth.
         functions.append(func(attendance_poll_job(job_deadline_s(settings)), name=POLL_FUNCTION,
                               max_tries=MAX_TRIES + 1, keep_result=POLL_RESULT_KEEP_S))
+        # Event-log retention (bridge.eventlog.retention.trim_event_log): every 15 minutes, once across all
+        # workers. No timeout of its own: arq's crash-recovery delay is the longest job timeout + 10 s.
+        cron_jobs.append(cron(trim_job, name="trim_event_log", minute={7, 22, 37, 52}, unique=True))
+        if settings.storage.retention_days:
+            cron_jobs.append(cron(retention_job, name="recording_retention", minute={44}, unique=True))
+    else:
+        functions.append(func(event_job(STORE_FUNCTION, STORE_DEADLINE_S, STORE_TRIES), name=STORE_FUNCTION,
+                              timeout=STORE_DEADLINE_S + 30, max_tries=STORE_TRIES + 1))
     return {
         "functions": functions,
         "queue_name": queue,
@@ -106,8 +120,5 @@ def worker_settings(settings: Settings, queue: str = WORKER_QUEUE) -> dict[str, 
         "job_completion_wait": DRAIN_S,
         "poll_delay": 0.02,          # the mean wait before a new job starts is half of this
         "handle_signals": True,
-        # Event-log retention (bridge.eventlog.retention.trim_event_log): every 15 minutes, once across all workers.
-        # No timeout of its own: arq's crash-recovery delay is the longest job timeout + 10 s.
-        "cron_jobs": [cron(trim_job, name="trim_event_log", minute={7, 22, 37, 52}, unique=True)]
-        if queue == WORKER_QUEUE else [],
+        "cron_jobs": cron_jobs,
     }

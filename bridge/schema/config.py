@@ -191,6 +191,7 @@ class RecorderConfig(Table):
         return self.stop_free_bytes if self.stop_free_bytes is not None else self.min_free_bytes // 4
 
 
+MIN_LINK_SECRET_BYTES = 16
 S3_KEYS = frozenset({"bucket", "prefix", "endpoint_url", "region", "access_key_id", "secret_access_key"})
 
 
@@ -207,13 +208,21 @@ class StorageTable(Table):
     region: OptionalText = None
     access_key_id: OptionalText = Field(None, repr=False)
     secret_access_key: OptionalText = Field(None, repr=False)
+    # kind = "local": the key that signs download links. None: a random one kept in Redis, shared by
+    # every process of the deploy (nothing to configure).
+    link_secret: OptionalText = Field(None, repr=False)
 
     @model_validator(mode="after")
     def _s3_settings(self) -> StorageTable:
         if self.kind != "s3":
             _only_when(self, S3_KEYS, 'kind = "s3"')
-        elif not self.bucket:
-            raise KeyProblem("bucket", 'is required for kind = "s3"')
+        else:
+            # Never botocore's credential chain either: it probes instance metadata over the network.
+            for key in ("bucket", "access_key_id", "secret_access_key"):
+                if not getattr(self, key):
+                    raise KeyProblem(key, 'is required for kind = "s3"')
+        if self.link_secret is not None and len(self.link_secret.encode()) < MIN_LINK_SECRET_BYTES:
+            raise KeyProblem("link_secret", f"must be at least {MIN_LINK_SECRET_BYTES} bytes long")
         return self
 
 
@@ -366,4 +375,5 @@ ENVIRONMENT: dict[str, EnvVar] = {
     "REDIS_SSL_CERT_REQS": EnvVar("redis.ssl_cert_reqs"),
     "BRIDGE_ADMIN_TOKEN": EnvVar("bridge.admin_token", in_file=False),
     "PORT": EnvVar("bridge.port", _port, in_file=False),
+    "BRIDGE_LINK_SECRET": EnvVar("storage.link_secret"),
 }

@@ -36,15 +36,19 @@ from bridge.schema.problems import message_of, path_of
 MAX_ID_LENGTH = 200
 MAX_TEXT = 1000
 MODERATOR_ROLES = frozenset({"teacher", "moderator", "admin"})
+# Recording ids become file names and object keys (bridge/storage/): a strict charset leaves no room for
+# `..`, `/`, encoded separators or glob characters, whatever a caller passes.
+RECORDING_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 LessonType = Literal["lesson.scheduled", "lesson.updated", "lesson.cancelled", "lesson.started", "lesson.ended",
                      "recording.start", "recording.stop"]
 UserType = Literal["user.joined", "user.left", "user.removed", "user.banned"]
 CallType = Literal["call.dial_out", "call.hang_up"]
+RecordingDeleteType = Literal["recording.delete"]
 # Produced only by sources (Moodle role events teach the bridge who is a teacher); never accepted raw.
 RoleType = Literal["role.assigned", "role.unassigned"]
 
-EVENT_TYPES = frozenset(get_args(LessonType) + get_args(UserType) + get_args(CallType))
+EVENT_TYPES = frozenset(get_args(LessonType) + get_args(UserType) + get_args(CallType) + get_args(RecordingDeleteType))
 INTERNAL_TYPES = frozenset(get_args(RoleType))
 USER_TYPES = frozenset(get_args(UserType) + get_args(RoleType))
 
@@ -186,6 +190,11 @@ class CallData(EventData):
     phone: RequiredText
 
 
+class RecordingDeleteData(EventData):
+    recording_id: Annotated[StrictStr, Field(pattern=f"^{RECORDING_ID.pattern}$",  # type: ignore[assignment]
+                                             description="The recording.ready webhook's recording_id.")]
+
+
 def _without_nulls(value: dict[str, Any], keep: str = "") -> dict[str, Any]:
     return {k: v for k, v in value.items() if v is not None or k == keep}
 
@@ -248,14 +257,20 @@ class CallEvent(_Event):
     data: CallData = Field(default_factory=dict, validate_default=True)   # type: ignore[assignment]
 
 
+class RecordingDeleteEvent(_Event):
+    type: RecordingDeleteType
+    data: RecordingDeleteData = Field(default_factory=dict, validate_default=True)   # type: ignore[assignment]
+
+
 class RoleEvent(_Event):
     type: RoleType
     lesson: LessonRef = LessonRef()
     user: User
 
 
-CanonicalEvent = Annotated[LessonEvent | UserEvent | CallEvent, Field(discriminator="type")]
-SourceEvent = Annotated[LessonEvent | UserEvent | CallEvent | RoleEvent, Field(discriminator="type")]
+CanonicalEvent = Annotated[LessonEvent | UserEvent | CallEvent | RecordingDeleteEvent, Field(discriminator="type")]
+SourceEvent = Annotated[LessonEvent | UserEvent | CallEvent | RecordingDeleteEvent | RoleEvent,
+                        Field(discriminator="type")]
 CANONICAL = TypeAdapter(CanonicalEvent)
 FROM_SOURCE = TypeAdapter(SourceEvent)
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-# Recording ids become file names and object keys: a strict charset leaves no room for `..`, `/`,
-# encoded separators or glob characters, whatever a caller passes.
-RECORDING_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+from bridge.schema.events import RECORDING_ID
 
 # The containers a recording can be stored as, by file suffix. The suffix is kept in the stored name so
 # a downloaded file opens in a player; one id has one stored file.

@@ -12,6 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
+from bridge.schema.config import MIN_LINK_SECRET_BYTES
 from bridge.storage.base import (
     CONTENT_TYPES,
     InvalidRecording,
@@ -27,7 +28,6 @@ from bridge.storage.base import (
 )
 
 CHUNK = 1024 * 1024
-MIN_SECRET_BYTES = 16
 STALE_TEMP_S = 3600          # a temp file this old belongs to an upload that was killed
 
 
@@ -50,8 +50,8 @@ class LocalStorage:
 
     def __init__(self, directory: Path, public_url: str, secret: str | bytes, url_ttl_s: int = 86400) -> None:
         key = secret.encode() if isinstance(secret, str) else secret
-        if len(key) < MIN_SECRET_BYTES:
-            raise ValueError(f"the link signing secret must be at least {MIN_SECRET_BYTES} bytes")
+        if len(key) < MIN_LINK_SECRET_BYTES:
+            raise ValueError(f"the link signing secret must be at least {MIN_LINK_SECRET_BYTES} bytes")
         if not public_url.startswith(("http://", "https://")):
             raise ValueError(f"public_url must be an http(s) URL the LMS can reach, got {public_url!r}")
         self.directory = Path(directory)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
@@ -58,18 +59,24 @@ async def _chunks(file: anyio.AsyncFile[bytes], start: int, length: int) -> Asyn
         await file.aclose()
 
 
-def recordings_route(storage: LocalStorage) -> Route:
+def recordings_route(storage: LocalStorage | Callable[[], Awaitable[LocalStorage]]) -> Route:
+    """The route over a storage, or over a coroutine that gives it (web builds it at the first request)."""
     async def download(request: Request) -> Response:
         recording_id = request.path_params["recording_id"]
         # Ids outside the charset never reach the file system: `..`, separators decoded from %2F, and the like.
         if not RECORDING_ID.fullmatch(recording_id):
             return error_response(404, "not_found", "no recording has this id")
         try:
-            expires = storage.check_link(recording_id, request.query_params.get("expires"),
+            local = await get_storage()
+        except RedisError as exc:        # the link secret lives in Redis when none is configured
+            return error_response(503, "store_unavailable", f"Redis is unreachable ({type(exc).__name__})",
+                                  headers={"Retry-After": "5"})
+        try:
+            expires = local.check_link(recording_id, request.query_params.get("expires"),
                                          request.query_params.get("sig"))
         except LinkRefused as exc:
             return error_response(403, exc.code, exc.message)
-        found = storage.find(recording_id)
+        found = local.find(recording_id)
         try:
             file = await anyio.open_file(found[0], "rb") if found else None
         except FileNotFoundError:     # deleted between the look-up and the open
@@ -98,4 +105,9 @@ def recordings_route(storage: LocalStorage) -> Route:
             return Response(status_code=status, headers=headers)
         return StreamingResponse(_chunks(file, start, length), status_code=status, headers=headers)
 
+    async def given() -> LocalStorage:
+        assert isinstance(storage, LocalStorage)
+        return storage
+
+    get_storage = given if isinstance(storage, LocalStorage) else storage
     return Route("/v1/recordings/{recording_id}", download, methods=["GET", "HEAD"])

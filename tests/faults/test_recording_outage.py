@@ -104,6 +104,7 @@ progress_period_s = 0.25
             answer = await http.post(url, json={"id": "stop-1", "type": "recording.stop", "lesson": lesson})
             assert answer.status_code == 202, answer.text
             (completed,) = await wait_until(lambda: hook.of_type("recording.completed"), timeout=40)
+            await wait_until(lambda: hook.of_type("recording.ready"), timeout=40)
         dead = [p.args for p in bridge.workers if p.poll() is not None]
         assert not dead, f"processes exited: {dead}"
     finally:
@@ -111,7 +112,8 @@ progress_period_s = 0.25
         await redis.aclose()
     data = completed["data"]
     assert len(data["parts"]) == 1
-    info = await probe(Path(data["file"]), locate_ffmpeg())
+    stored = tmp_path / "recordings" / f"{recording_id}.mp4"     # local storage, once recording.ready is out
+    info = await probe(stored, locate_ffmpeg())
     assert info.duration_s >= float(during["recorded_s"]) - 1   # the outage is in the file
     assert len(hook.of_type("recording.started")) == 1
     logs = bridge.logs()

@@ -22,8 +22,9 @@ LESSON = {"id": "c12-l7", "title": "Algebra I"}
 LONG_SECONDS = 40
 
 
-def recorder_config(tmp_path: Path, hook_url: str, ffbin: FFmpegBinaries) -> Path:
-    """The usual test configuration plus a recording section with a short lease and the binary under test."""
+def recorder_config(tmp_path: Path, hook_url: str, ffbin: FFmpegBinaries, extra: str = "") -> Path:
+    """The usual test configuration plus a recording section with a short lease and the binary under test;
+    `extra` goes after it (a [storage] table)."""
     config = default_config(tmp_path, hook_url)
     config.write_text(config.read_text() + f"""
 [recording]
@@ -32,7 +33,7 @@ ffmpeg = "{choice(ffbin)}"
 min_free_bytes = 16777216
 lease_s = 3
 progress_period_s = 0.25
-""")
+{extra}""")
     return config
 
 
@@ -85,17 +86,21 @@ async def recorded_at_least(redis, recording_id: str, seconds: float, part: int 
     return float(record.get("recorded_s", 0)) >= seconds and int(record.get("part", -1)) >= part
 
 
-async def check_file(completed: dict, ffbin) -> float:
+async def check_file(hook, completed: dict, ffbin) -> float:
+    """The finished recording, as `local` storage keeps it once recording.ready is out: FFmpeg's file
+    and parts removed, the stored copy the same bytes."""
     data = completed["data"]
+    (ready,) = await wait_until(lambda: hook.of_type("recording.ready"), timeout=30)
+    assert (ready["data"]["recording_id"], ready["data"]["bytes"]) == (data["recording_id"], data["bytes"])
     path = Path(data["file"])
-    assert path.is_absolute() and path.is_file() and data["container"] == "mp4"
-    assert data["bytes"] == path.stat().st_size
-    assert data["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-    info = await probe(path, ffbin)
+    assert path.is_absolute() and data["container"] == "mp4" and data["parts"]
+    assert not path.parent.exists()
+    stored = path.parents[2] / f"{data['recording_id']}.mp4"       # <[recording] dir>/<lesson>/<id>/<file>
+    assert data["bytes"] == stored.stat().st_size
+    assert data["sha256"] == hashlib.sha256(stored.read_bytes()).hexdigest()
+    info = await probe(stored, ffbin)
     assert info.has_video and info.has_audio
     assert abs(info.duration_s - data["duration_s"]) < 0.5
-    parts = [await probe(path.parent / name, ffbin) for name in data["parts"]]
-    assert data["duration_s"] == pytest.approx(sum(p.duration_s or 0 for p in parts), abs=CUT_TOLERANCE_S)
     return data["duration_s"]
 
 
@@ -108,7 +113,7 @@ async def test_pull_recording_start_and_stop_from_another_process(make_bridge, c
     recording_id = await recording_under_way(client, bridge, redis, hook, long_source, seconds=4)
     await stop(client, bridge)                  # handled by the worker; the recorder stops FFmpeg
     (completed,) = await wait_until(lambda: hook.of_type("recording.completed"), timeout=40)
-    duration = await check_file(completed, ffbin)
+    duration = await check_file(hook, completed, ffbin)
     assert completed["data"]["recording_id"] == recording_id and completed["data"]["reason"] == "stopped"
     # At least what FFmpeg had reported when the stop was sent; stopped long before the source's end.
     assert 4 - CUT_TOLERANCE_S <= duration < LONG_SECONDS - 10
@@ -122,7 +127,7 @@ async def test_source_that_ends_completes_with_its_full_length(make_bridge, clie
     bridge.start_worker("recorder")
     await start(client, bridge, source_ts)
     (completed,) = await wait_until(lambda: hook.of_type("recording.completed"), timeout=40)
-    assert abs(await check_file(completed, ffbin) - SOURCE_SECONDS) <= CUT_TOLERANCE_S
+    assert abs(await check_file(hook, completed, ffbin) - SOURCE_SECONDS) <= CUT_TOLERANCE_S
 
 
 async def test_sigkilled_recorder_resumes_in_a_new_part(make_bridge, client, redis, receiver, tmp_path,
@@ -144,7 +149,7 @@ async def test_sigkilled_recorder_resumes_in_a_new_part(make_bridge, client, red
     await stop(client, bridge)
     (completed,) = await wait_until(lambda: hook.of_type("recording.completed"), timeout=40)
     assert len(completed["data"]["parts"]) >= 2
-    assert await check_file(completed, ffbin) >= before + 2 - CUT_TOLERANCE_S
+    assert await check_file(hook, completed, ffbin) >= before + 2 - CUT_TOLERANCE_S
 
 
 async def test_sigterm_finalizes_then_the_next_recorder_continues(make_bridge, client, redis, receiver, tmp_path,
@@ -166,7 +171,7 @@ async def test_sigterm_finalizes_then_the_next_recorder_continues(make_bridge, c
     await wait_until(lambda: recorded_at_least(redis, recording_id, before + 2, part=1), timeout=30)
     await stop(client, bridge)
     (completed,) = await wait_until(lambda: hook.of_type("recording.completed"), timeout=40)
-    assert await check_file(completed, ffbin) >= before + 2 - CUT_TOLERANCE_S
+    assert await check_file(hook, completed, ffbin) >= before + 2 - CUT_TOLERANCE_S
     assert not hook.of_type("recording.failed")
     assert completed["data"]["event_id"] == "rec_1"
 
@@ -186,7 +191,7 @@ async def test_listen_mode_hands_out_a_push_url_that_records(make_bridge, client
                   "-i", str(source_ts), "-c", "copy", "-f", "flv", push_url]):
         (completed,) = await wait_until(lambda: hook.of_type("recording.completed"), timeout=40)
     assert completed["data"]["reason"] == "source_ended"
-    assert abs(await check_file(completed, ffbin) - 4) <= CUT_TOLERANCE_S
+    assert abs(await check_file(hook, completed, ffbin) - 4) <= CUT_TOLERANCE_S
 
 
 async def test_a_failed_stream_out_leaves_no_ffmpeg_behind(make_bridge, client, redis, receiver, tmp_path,
