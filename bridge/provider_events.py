@@ -8,6 +8,7 @@ reference and the provider's own event key, so a job that runs twice sends nothi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from redis.asyncio import Redis
@@ -15,11 +16,15 @@ from redis.asyncio import Redis
 from bridge import attendance
 from bridge.attendance import Ledger, Presence, iso_ms
 from bridge.lifecycle import Job, Runtime
+from bridge.providers.base import ProviderError
 from bridge.schema.provider_events import Fact, RecordingFact
 from bridge.schema.webhooks import WebhookType
+from bridge.storage import StorageError, StorageUnavailable
+from bridge.storage.copy import ProviderLinkFailed, copy_provider_recording
 from bridge.store import room_owner_key
 
 PROVIDER_EVENT_TYPE = "provider.event"
+UNSAFE_IN_ID = re.compile(r"[^A-Za-z0-9_-]")
 
 
 async def room_owner(redis: Redis, provider: str, rooms: Iterable[str]) -> tuple[str, str] | None:
@@ -91,14 +96,33 @@ async def session_ended(job: Job, ledger: Ledger, at_ms: int) -> None:
 
 
 async def provider_recording_ready(job: Job, recording: RecordingFact) -> None:
-    """`recording.ready` for a recording the provider made, pointing at the provider's own link (valid
-    24 h). Copying it into storage first (`[storage] copy_provider_recordings`) belongs here."""
-    await job.emit(WebhookType.RECORDING_READY, {
+    """`recording.ready` for a recording the provider made. With `[storage] copy_provider_recordings` it is
+    copied into storage first (streamed, verified) and the link is ours; otherwise the provider's own,
+    which dies after 24 h. A failed copy is retried like any provider error; the id becomes one storage
+    accepts, and is the id a later `recording.delete` names."""
+    rt = job.rt
+    data: dict[str, object] = {
         "recording_id": recording.recording_id, "url": recording.url,
         "expires_at": iso_ms(recording.expires_at_ms) if recording.expires_at_ms is not None else None,
         "content_type": recording.content_type, "bytes": recording.bytes, "duration_s": recording.duration_s,
         "origin": "provider",
-    }, discriminator=recording.recording_id)
+    }
+    if rt.storage is not None and rt.settings.storage.copy_provider_recordings:
+        provider = job.event["lesson"]["provider"]
+        recording_id = UNSAFE_IN_ID.sub("-", recording.recording_id)[:128]   # receivers prefix the kind
+        allow_private = bool(rt.settings.providers[provider].settings.get("allow_private_network", False))
+        try:
+            stored = await copy_provider_recording(rt.storage, recording_id, recording.url,
+                                                   directory=rt.settings.recording.dir,
+                                                   allow_private_network=allow_private)
+            link = await rt.storage.link(recording_id)
+        except ProviderLinkFailed as exc:
+            raise ProviderError("provider_link_failed", str(exc), retryable=exc.retryable) from None
+        except StorageError as exc:
+            raise ProviderError(exc.code, str(exc), retryable=isinstance(exc, StorageUnavailable)) from None
+        data.update(recording_id=recording_id, url=link.url, expires_at=iso_ms(link.expires_at * 1000),
+                    content_type=stored.content_type, bytes=stored.bytes)
+    await job.emit(WebhookType.RECORDING_READY, data, discriminator=recording.recording_id)
 
 
 async def provider_event(job: Job) -> None:

@@ -44,7 +44,7 @@ def hms() -> Iterator[tuple[HmsSim, str]]:
 
 
 def providers_config(tmp_path: Path, key: rsa.RSAPrivateKey, jaas_url: str, hms_url: str, hook_url: str,
-                     provider: str = "jaas", jaas_extra: str = "") -> Path:
+                     provider: str = "jaas", jaas_extra: str = "", extra: str = "") -> Path:
     """JaaS and 100ms with webhook settings, a 100ms without them (`quiet`), one source."""
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption()).decode()
@@ -88,6 +88,7 @@ timeout_s = 2
 [bridge]
 data_dir = "{tmp_path / 'var'}"
 job_timeout_s = 20
+{extra}
 """)
 
 

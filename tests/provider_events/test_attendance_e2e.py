@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +18,9 @@ import httpx
 from bridge.schema.webhooks import AttendanceReport, ParticipantJoined, ParticipantLeft, RecordingReady
 from bridge.store import room_owner_key
 from tests.conftest import ROOT, wait_until
+from tests.fakes.server import serve
 from tests.provider_events.conftest import providers_config
+from tests.storage.test_copy import provider_app
 
 T0 = 1_763_805_600_000                        # 2025-11-22T10:00:00Z
 LESSON = {"id": "c12-l7", "title": "Algebra I"}
@@ -208,7 +211,8 @@ async def test_provider_recordings_become_recording_ready(make_bridge, client, r
     hook, hook_url = receiver
     jaas_sim, jaas_url = jaas
     hms_sim, hms_url = hms
-    bridge = make_bridge(providers_config(tmp_path, key, jaas_url, hms_url, hook_url, provider="hms"))
+    bridge = make_bridge(providers_config(tmp_path, key, jaas_url, hms_url, hook_url, provider="hms",
+                                          extra="[storage]\ncopy_provider_recordings = false"))
     bridge.start_worker()
     hms_sim.outbox.clock_ms = jaas_sim.outbox.clock_ms = T0
     hms_sim.join_peer(await join_token(client, bridge, "1"), PEOPLE["1"][0])
@@ -235,3 +239,31 @@ async def test_provider_recordings_become_recording_ready(make_bridge, client, r
         "recording_id": f"100ms-{success['id']}", "url": "https://recordings.example.com/h.mp4?X-Amz-Signature=x",
         "expires_at": at(24 * 3600), "content_type": "video/mp4", "bytes": 734003200, "duration_s": 3540.0,
         "origin": "provider"}
+
+
+async def test_a_provider_recording_is_copied_into_storage_and_served_by_the_bridge(
+        make_bridge, client, redis, receiver, jaas, hms, key, tmp_path) -> None:
+    """copy_provider_recordings (the default): the provider's link is streamed into storage and
+    recording.ready points at the bridge's own signed link, which serves the same bytes."""
+    hook, hook_url = receiver
+    jaas_sim, jaas_url = jaas
+    recording = tmp_path / "provider.mp4"
+    recording.write_bytes(os.urandom(300_000))
+    with serve(provider_app(recording)) as link_base:
+        bridge = make_bridge(providers_config(tmp_path, key, jaas_url, hms[1], hook_url,
+                                              jaas_extra="allow_private_network = true"))
+        bridge.start_worker()
+        jaas_sim.outbox.clock_ms = T0
+        await redis.set(room_owner_key("jaas", "jaas-room"), "default\tjaas-lesson")
+        uploaded = jaas_sim.recording_uploaded("jaas-room", f"{link_base}/link", 12)
+        url = f"{bridge.base_url}/v1/providers/jaas/events"
+        assert [a.status_code for a in await jaas_sim.outbox.send(client, url, [uploaded])] == [202]
+        (ready,) = await wait_until(lambda: hook.of_type("recording.ready"))
+    data = RecordingReady.model_validate(ready["data"])
+    assert data.recording_id == f"jaas-{uploaded['idempotencyKey']}" and data.origin == "provider"
+    # Links start with [bridge] public_url (not set here: http://127.0.0.1:$PORT); this web is elsewhere.
+    link = httpx.URL(data.url)
+    assert link.path == f"/v1/recordings/{data.recording_id}" and "sig" in link.params
+    assert data.bytes == 300_000 and data.expires_at is not None
+    fetched = await client.get(f"{bridge.base_url}{link.raw_path.decode()}")
+    assert fetched.status_code == 200 and fetched.content == recording.read_bytes()
