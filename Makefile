@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint mutation bench bench-ingest bench-tokens bench-pipeline bench-recording bench-persistence bench-storage bench-attendance clean
+.PHONY: run test lint mutation bench bench-ingest bench-tokens bench-pipeline bench-recording bench-persistence bench-storage bench-attendance bench-join clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,9 @@ bench-storage: $(STAMP)
 
 bench-attendance: $(STAMP)
 	$(BIN)/python bench/attendance.py
+
+bench-join: $(STAMP)
+	$(BIN)/python bench/join_storm.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
