@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import os
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -40,18 +40,15 @@ import psutil  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 from arq.constants import job_key_prefix  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 from standardwebhooks import Webhook  # noqa: E402
 
-from bench.attendance import start  # noqa: E402
-from bench.pipeline import NOOP_WORKER  # noqa: E402
+from bench.attendance import APP_ID, HOOK_SECRET, config, start  # noqa: E402
+from bench.pipeline import NOOP_WORKER, wait_worker  # noqa: E402
 from bench.pipeline import start as start_process  # noqa: E402
 from bridge.embedded import EmbeddedRedis  # noqa: E402
 from bridge.processes import free_port, wait_for_port  # noqa: E402
-from bridge.store import JOB_EXPIRES_MS, WORKER_QUEUE, arq_payload, health_check_key  # noqa: E402
+from bridge.store import JOB_EXPIRES_MS, WORKER_QUEUE, arq_payload  # noqa: E402
 
-APP_ID = "vpaas-magic-cookie-storm"
-HOOK_SECRET = "whsec_" + base64.b64encode(b"join-storm-bench-secret-32bytes!").decode()
 LESSONS = 10
 BURST_CONNECTIONS = 100
 STEADY_CONNECTIONS = 20
@@ -252,7 +249,7 @@ async def run_case(name: str, port: int, redis: aioredis.Redis, worker: psutil.P
                 (after.memory - before.memory) / joins, joins - len(arrived), statuses)
 
 
-def rs256_floor_ms(key: rsa.RSAPrivateKey) -> float:
+def rs256_floor_ms(key: Any) -> float:
     claims = {"aud": "jitsi", "iss": "chat", "sub": APP_ID, "room": "storm-0", "nbf": 0, "exp": 2**31,
               "context": {"user": {"id": "u1", "name": "Student 1", "moderator": "false"}}}
     jwt.encode(claims, key, algorithm="RS256", headers={"kid": f"{APP_ID}/k1"})
@@ -297,38 +294,6 @@ async def noop_floor(redis: aioredis.Redis, env: dict[str, str], work: Path) -> 
         await redis.flushall()
 
 
-async def wait_worker(redis: aioredis.Redis, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await redis.exists(health_check_key(WORKER_QUEUE)):
-        if time.monotonic() > deadline:
-            raise SystemExit("the worker did not start")
-        await asyncio.sleep(0.05)
-
-
-def config(work: Path, key: rsa.RSAPrivateKey, hook_url: str) -> Path:
-    (work / "jaas.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                      serialization.NoEncryption()))
-    path = work / "bridge.toml"
-    path.write_text(f"""
-[providers.jaas]
-kind = "jaas"
-app_id = "{APP_ID}"
-key_id = "k1"
-private_key_file = "{work / 'jaas.pem'}"
-
-[sources.default]
-format = "canonical"
-provider = "jaas"
-webhook_url = "{hook_url}"
-webhook_secret = "{HOOK_SECRET}"
-allow_private_network = true
-
-[bridge]
-data_dir = "{work / 'var'}"
-""")
-    return path
-
-
 async def main_async(args: argparse.Namespace) -> tuple[list[Case], dict[str, float]]:
     work = Path(tempfile.mkdtemp(prefix="bench-join-storm-"))
     server = EmbeddedRedis(work / "redis").start()
@@ -336,16 +301,20 @@ async def main_async(args: argparse.Namespace) -> tuple[list[Case], dict[str, fl
     receiver = Receiver()
     hook_port = free_port()
     hook = await asyncio.start_server(receiver.handle, "127.0.0.1", hook_port)
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     env = {**os.environ, "REDIS_URL": server.url, "PYTHONPATH": str(ROOT), "BRIDGE_LOG_LEVEL": "WARNING",
-           "BRIDGE_CONFIG": str(config(work, key, f"http://127.0.0.1:{hook_port}/hook"))}
+           "BRIDGE_CONFIG": str(config(work, f"http://127.0.0.1:{hook_port}/hook"))}
+    key = serialization.load_pem_private_key((work / "jaas.pem").read_bytes(), None)
     port = free_port()
     processes = []
     try:
         floor = {"rs256_ms": rs256_floor_ms(key), "post_ms": await post_floor_ms(env, work)}
         floor["noop_ms"], floor["noop_commands"] = await noop_floor(redis, env, work)
         processes.append(start(["serve", "--host", "127.0.0.1"], {**env, "PORT": str(port)}, work, "web.log"))
-        processes.append(start(["worker"], env, work, "worker.log"))
+        if args.profile:                   # the worker under cProfile; the stats are written when it stops
+            processes.append(start_process([sys.executable, "-m", "cProfile", "-o", args.profile,
+                                            "-m", "bridge.cli", "worker"], env, work, "worker.log"))
+        else:
+            processes.append(start(["worker"], env, work, "worker.log"))
         if not wait_for_port(port, 30):
             raise SystemExit("bridge serve did not start")
         await wait_worker(redis)
@@ -403,6 +372,8 @@ def main() -> None:
     parser.add_argument("--joins", type=int, default=2000, help="joins in the burst")
     parser.add_argument("--rate", type=float, default=200, help="joins/s in the steady case")
     parser.add_argument("--steady-s", type=float, default=10, help="seconds of the steady case")
+    parser.add_argument("--profile", type=os.path.abspath,
+                        help="run the worker under cProfile, writing its stats to this file")
     asyncio.run(main_async(parser.parse_args()))
 
 
