@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-browser lint mutation bench bench-ingest bench-tokens bench-pipeline bench-recording bench-persistence bench-storage bench-attendance bench-console clean
+.PHONY: run test test-browser lint mutation bench bench-ingest bench-tokens bench-pipeline bench-recording bench-persistence bench-storage bench-attendance bench-console bench-join clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,9 @@ bench-storage: $(STAMP)
 	$(BIN)/python bench/storage.py
 
 .PHONY: run test test-browser lint mutation bench bench-ingest bench-tokens bench-pipeline bench-recording bench-persistence bench-storage bench-attendance bench-console clean
+
+bench-join: $(STAMP)
+	$(BIN)/python bench/join_storm.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -235,9 +235,11 @@ async def resolve_role(job: Job) -> User:
 async def user_joined(job: Job) -> None:
     user = await resolve_role(job)
     room, _ = await ensure_room(job)
-    grant = await (await job.provider()).join(job.lesson, room, user)
-    await polling.remember_attendee(job.rt.redis, job.source.name, job.lesson.id, user.id, user.name or user.id,
-                                    "moderator" if user.is_moderator else "guest")
+    provider = await job.provider()
+    grant = await provider.join(job.lesson, room, user)
+    if polling.polled(provider) is not None:     # only polled providers' participant lists lack names
+        await polling.remember_attendee(job.rt.redis, job.source.name, job.lesson.id, user.id,
+                                        user.name or user.id, "moderator" if user.is_moderator else "guest")
     await job.emit(WebhookType.JOIN_READY, {"user_id": user.id, "role": grant.role, "join_url": grant.join_url,
                                             "token": grant.token, "expires_at": iso(grant.expires_at)})
     await watch_attendance(job)

@@ -42,6 +42,7 @@ from bridge.store import (
     ACTIVE_RECORDINGS,
     DEAD_LETTERS,
     FAILED_DELIVERIES,
+    JUMP_AHEAD_MS,
     METRICS_ATTEMPTS,
     METRICS_EVENTS,
     METRICS_JOB_BUCKETS,
@@ -225,11 +226,15 @@ class IntakeMetrics:
 class Snapshot:
     """Everything /metrics shows, read from Redis in one pipelined round trip."""
 
-    def __init__(self, values: list[Any]) -> None:
+    def __init__(self, values: list[Any], now_ms: int) -> None:
         (self.events, self.rejected, self.jobs, self.job_buckets, self.job_sums, self.attempts, self.moodle_ws,
          self.dead, self.failing, self.recordings, *queues) = values
-        self.queue_depth = dict(zip(QUEUES, queues[: len(QUEUES)], strict=True))
-        self.queue_due = dict(zip(QUEUES, queues[len(QUEUES):], strict=True))
+        count = len(QUEUES)
+        self.queue_depth = dict(zip(QUEUES, queues[:count], strict=True))
+        self.queue_due = dict(zip(QUEUES, queues[count:2 * count], strict=True))
+        # The oldest due job's score is when it could first run: how long it has waited for a worker.
+        self.queue_oldest_s = {queue: max(0.0, (now_ms - oldest[0][1]) / 1000) if oldest else 0.0
+                               for queue, oldest in zip(QUEUES, queues[2 * count:], strict=True)}
 
     @classmethod
     async def read(cls, redis: Any) -> Snapshot:
@@ -242,7 +247,9 @@ class Snapshot:
                 pipe.zcard(key)
             for key in QUEUES.values():
                 pipe.zcount(key, "-inf", now_ms)     # arq scores a job by the time it may run
-            return cls(await pipe.execute())
+            for key in QUEUES.values():
+                pipe.zrangebyscore(key, "-inf", now_ms, start=0, num=1, withscores=True)
+            return cls(await pipe.execute(), now_ms)
 
 
 def _counter(name: str, doc: str, labels: list[str], values: Mapping[bytes, bytes]) -> CounterMetricFamily:
@@ -306,11 +313,17 @@ class SnapshotCollector:
         due = GaugeMetricFamily("bridge_queue_due", "Jobs due now (waiting or running, retries not yet due "
                                 "excluded); a value that keeps growing means add processes of that kind.",
                                 labels=["queue"])
+        oldest = GaugeMetricFamily("bridge_queue_oldest_due_seconds", "How long the oldest job due now has "
+                                   "waited for a worker (0 when none waits); seconds that keep growing during a "
+                                   "storm mean add worker processes. An attendance report queued ahead of the "
+                                   f"queue counts {JUMP_AHEAD_MS // 1000} s older than it is.", labels=["queue"])
         for queue in QUEUES:
             depth.add_metric([queue], s.queue_depth[queue])
             due.add_metric([queue], s.queue_due[queue])
+            oldest.add_metric([queue], s.queue_oldest_s[queue])
         yield depth
         yield due
+        yield oldest
 
 
 def render(snapshot: Snapshot) -> bytes:

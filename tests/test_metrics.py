@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -63,6 +64,7 @@ timeout_s = 2
     assert (await client.post(f"{events_url}/default", content=b"{not json",
                                 headers={"content-type": "application/json"})).status_code == 400
 
+    await asyncio.sleep(0.3)                               # the queued jobs age while no worker runs
     before = await scrape(client, bridge.base_url)        # nothing has run yet: the queue holds the jobs
     assert value(before, "bridge_events_total", source="default", outcome="accepted") == 3
     assert value(before, "bridge_events_total", source="default", outcome="duplicate") == 1
@@ -72,6 +74,7 @@ timeout_s = 2
     assert value(before, "bridge_events_rejected_total", source="default", reason="invalid_json") == 1
     assert value(before, "bridge_queue_depth", queue="worker") == 3
     assert value(before, "bridge_queue_due", queue="worker") == 3
+    assert 0.3 <= value(before, "bridge_queue_oldest_due_seconds", queue="worker") < 30
     assert value(before, "bridge_jobs_total", function="user_joined", status="ok") == 0
 
     assert (await client.post(f"{events_url}/moodle",
@@ -89,6 +92,7 @@ timeout_s = 2
 
     after = await wait_until(settled, timeout=30, interval=0.1)
     assert value(after, "bridge_job_duration_seconds_count", function="user_joined") == 4
+    assert value(after, "bridge_queue_oldest_due_seconds", queue="worker") == 0
     assert value(after, "bridge_job_duration_seconds_bucket", function="user_joined", le="+Inf") == 4
     assert 0 < value(after, "bridge_job_duration_seconds_sum", function="user_joined") < 30
     buckets = sorted((float(dict(labels)["le"]), v) for (name, labels), v in after.items()
