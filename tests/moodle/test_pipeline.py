@@ -190,3 +190,36 @@ async def test_100ms_join_carries_the_moodle_users_id_in_its_token_and_name_in_i
     assert ready["data"]["join_url"].endswith("&name=Ada%20Lovelace")
     (room,) = hms.rooms.values()
     assert room["description"] == "Algebra I - live lesson"      # the room carries the activity's name
+
+
+async def test_a_moodle_lesson_gets_its_attendance_report(make_bridge, client, receiver, moodle, tmp_path,
+                                                          redis) -> None:
+    """Moodle fixtures drive the room (created, joined, ended), JaaS tells who was there: the Moodle
+    source's endpoint gets an attendance.report naming the Moodle user with the name Moodle gave."""
+    hook, hook_url = receiver
+    _, url = moodle
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (tmp_path / "jaas.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                          serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
+    jaas = JaasSim(APP_ID, webhook_secret="jaas-webhook-secret")
+    jaas.add_key(f"{APP_ID}/k1", key.public_key())
+    with serve(jaas.app) as jaas_url:
+        provider = (f'[providers.jaas]\nkind = "jaas"\napp_id = "{APP_ID}"\nkey_id = "k1"\n'
+                    f'private_key_file = "{tmp_path / "jaas.pem"}"\napi_base = "{jaas_url}"\n'
+                    'webhook_secret = "jaas-webhook-secret"\n')
+        bridge = make_bridge(moodle_config(tmp_path, url, hook_url, provider=provider))
+        bridge.start_worker()
+        await post(client, bridge, fixture("bigbluebuttonbn_course_module_created"))
+        (ready,) = (await post(client, bridge, fixture("bigbluebuttonbn_meeting_joined")))["webhooks"]
+        jaas.outbox.clock_ms = 1_763_809_200_000
+        jaas.join(ready["data"]["token"])
+        jaas.outbox.advance(1800)
+        jaas.leave(next(iter(jaas.sessions)), "31")
+        await post(client, bridge, fixture("bigbluebuttonbn_meeting_ended"))      # the bridge ends the room
+        answers = await jaas.outbox.send(client, f"{bridge.base_url}/v1/providers/jaas/events", jaas.outbox.events)
+        assert {a.status_code for a in answers} == {202}, [a.text for a in answers]
+        (report,) = await wait_until(lambda: hook.of_type("attendance.report"))
+    assert report["data"]["source"] == "moodle" and report["data"]["lesson_id"] == ACTIVITY
+    [ada] = report["data"]["participants"]
+    assert (ada["user_id"], ada["name"], ada["total_s"]) == ("31", "Ada Lovelace", 1800.0)
