@@ -17,7 +17,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q --ignore=tests/browser
+	$(BIN)/pytest -q -n 2 --dist loadfile --ignore=tests/browser
 	@echo "make test: browser tests (tests/browser/, Chromium) skipped; run them with: make test-browser"
 
 # The console in a real browser: the distribution's Chromium (/usr/bin/chromium; apt-get install chromium),

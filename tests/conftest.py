@@ -27,8 +27,18 @@ from tests.fakes.server import serve
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
+SESSION_TMP_VAR = "LESSON_BRIDGE_TEST_TMP"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"receiver-secret-32-bytes-long!!!").decode()
 MOODLE_TOKEN = "moodle-token-7f3a9c"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_session_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This session's temp root, where every test's recordings are written: `ffmpeg_pids` counts only FFmpeg
+    writing under it, not another session's (make test runs two pytest processes, each test file in one)."""
+    root = tmp_path_factory.getbasetemp()
+    os.environ[SESSION_TMP_VAR] = str(root)
+    return root
 
 
 @pytest.fixture(scope="session")

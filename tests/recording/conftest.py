@@ -28,6 +28,7 @@ import pytest
 from bridge.recording import SUPPORTED, RecorderConfig, active_sessions, locate_ffmpeg
 from bridge.recording.ffmpeg import FFmpegBinaries, unsupported
 from bridge.recording.process import is_listening
+from tests.conftest import SESSION_TMP_VAR
 
 SOURCE_SECONDS = 8
 FPS = 25
@@ -202,6 +203,8 @@ def stalling_server(payload: bytes) -> Iterator[int]:
 
 
 def ffmpeg_pids(recording_id: str) -> list[int]:
+    """FFmpeg processes of this test session recording `recording_id` (ids repeat across sessions)."""
+    session_tmp = os.environ[SESSION_TMP_VAR].encode()
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -209,6 +212,6 @@ def ffmpeg_pids(recording_id: str) -> list[int]:
                 cmdline = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"ffmpeg" in cmdline and recording_id.encode() in cmdline:
+            if b"ffmpeg" in cmdline and recording_id.encode() in cmdline and session_tmp in cmdline:
                 pids.append(int(entry.name))
     return pids
