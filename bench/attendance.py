@@ -99,6 +99,15 @@ def participant(event_type: str, room: str, session: str, at_ms: int, n: int) ->
     return jaas_event(event_type, room, session, at_ms, data)
 
 
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
+    """One request on a keep-alive connection; the answer's status (its body read and dropped)."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next((int(line[15:]) for line in head.split(b"\r\n") if line[:15].lower() == b"content-length:"), 0)
+    await reader.readexactly(length)
+    return int(head[9:12])
+
+
 async def send_all(port: int, requests: list[bytes]) -> dict[int, int]:
     """POST every request over CONNECTIONS keep-alive connections; the count of each status."""
     statuses: dict[int, int] = {}
@@ -108,12 +117,7 @@ async def send_all(port: int, requests: list[bytes]) -> dict[int, int]:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             for request in queue:
-                writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next((int(line[15:]) for line in head.split(b"\r\n")
-                               if line[:15].lower() == b"content-length:"), 0)
-                await reader.readexactly(length)
-                status = int(head[9:12])
+                status = await exchange(reader, writer, request)
                 statuses[status] = statuses.get(status, 0) + 1
         finally:
             writer.close()

@@ -42,7 +42,7 @@ from arq.constants import job_key_prefix  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from standardwebhooks import Webhook  # noqa: E402
 
-from bench.attendance import APP_ID, HOOK_SECRET, config, start  # noqa: E402
+from bench.attendance import APP_ID, HOOK_SECRET, config, exchange, start  # noqa: E402
 from bench.pipeline import NOOP_WORKER, wait_worker  # noqa: E402
 from bench.pipeline import start as start_process  # noqa: E402
 from bridge.embedded import EmbeddedRedis  # noqa: E402
@@ -160,12 +160,7 @@ async def send(port: int, requests: asyncio.Queue[tuple[str, bytes] | None], sen
         while (item := await requests.get()) is not None:
             event_id, request = item
             sent[event_id] = time.perf_counter()
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = next((int(line[15:]) for line in head.split(b"\r\n")
-                           if line[:15].lower() == b"content-length:"), 0)
-            await reader.readexactly(length)
-            status = int(head[9:12])
+            status = await exchange(reader, writer, request)
             statuses[status] = statuses.get(status, 0) + 1
     finally:
         writer.close()

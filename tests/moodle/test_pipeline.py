@@ -67,6 +67,15 @@ data_dir = "{tmp_path / 'var'}"
 """)
 
 
+def jaas_key(tmp_path: Path) -> rsa.RSAPrivateKey:
+    """A JaaS API key, its PEM at tmp_path/jaas.pem for `private_key_file`."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (tmp_path / "jaas.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                          serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
+    return key
+
+
 async def post(client, bridge, item: dict) -> dict:
     answer = await client.post(f"{bridge.base_url}/v1/events/moodle?wait=10", json=item)
     assert answer.status_code == 200, answer.text
@@ -133,10 +142,7 @@ async def test_join_tokens_carry_the_moodle_users_full_name(make_bridge, client,
                                                             redis) -> None:
     _, hook_url = receiver
     _, url = moodle
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    (tmp_path / "jaas.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                          serialization.PrivateFormat.PKCS8,
-                                                          serialization.NoEncryption()))
+    key = jaas_key(tmp_path)
     jaas = JaasSim(APP_ID)
     jaas.add_key(f"{APP_ID}/k1", key.public_key())
     with serve(jaas.app) as jaas_url:
@@ -198,10 +204,7 @@ async def test_a_moodle_lesson_gets_its_attendance_report(make_bridge, client, r
     source's endpoint gets an attendance.report naming the Moodle user with the name Moodle gave."""
     hook, hook_url = receiver
     _, url = moodle
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    (tmp_path / "jaas.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                          serialization.PrivateFormat.PKCS8,
-                                                          serialization.NoEncryption()))
+    key = jaas_key(tmp_path)
     jaas = JaasSim(APP_ID, webhook_secret="jaas-webhook-secret")
     jaas.add_key(f"{APP_ID}/k1", key.public_key())
     with serve(jaas.app) as jaas_url:
