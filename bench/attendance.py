@@ -28,7 +28,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -179,15 +181,31 @@ async def own_rooms(redis: aioredis.Redis, rooms: list[str]) -> None:
         await redis.set(room_owner_key("jaas", room), f"default\tlesson-{room}")
 
 
-async def main_async(args: argparse.Namespace) -> None:
-    work = Path(tempfile.mkdtemp(prefix="bench-attendance-"))
+class Stack(NamedTuple):
+    """What a bench runs the bridge against: a work folder, an embedded Redis, a webhook receiver, and the
+    environment `bridge serve` / `bridge worker` start with (the config of `config()`)."""
+
+    work: Path
+    server: EmbeddedRedis
+    redis: aioredis.Redis
+    hook: asyncio.Server
+    env: dict[str, str]
+
+
+async def start_stack(prefix: str, handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                                    Awaitable[None]]) -> Stack:
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     server = EmbeddedRedis(work / "redis").start()
-    redis = aioredis.from_url(server.url)
-    receiver = Receiver()
     hook_port = free_port()
-    hook = await asyncio.start_server(receiver.handle, "127.0.0.1", hook_port)
+    hook = await asyncio.start_server(handle, "127.0.0.1", hook_port)
     env = {**os.environ, "REDIS_URL": server.url, "PYTHONPATH": str(ROOT), "BRIDGE_LOG_LEVEL": "WARNING",
            "BRIDGE_CONFIG": str(config(work, f"http://127.0.0.1:{hook_port}/hook"))}
+    return Stack(work, server, aioredis.from_url(server.url), hook, env)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    receiver = Receiver()
+    work, server, redis, hook, env = await start_stack("bench-attendance-", receiver.handle)
     port = free_port()
     processes = [start(["serve", "--host", "127.0.0.1"], {**env, "PORT": str(port)}, work, "web.log")]
     try:

@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,10 +41,9 @@ from arq.constants import job_key_prefix  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from standardwebhooks import Webhook  # noqa: E402
 
-from bench.attendance import APP_ID, HOOK_SECRET, config, exchange, start  # noqa: E402
+from bench.attendance import APP_ID, HOOK_SECRET, exchange, start, start_stack  # noqa: E402
 from bench.pipeline import NOOP_WORKER, wait_worker  # noqa: E402
 from bench.pipeline import start as start_process  # noqa: E402
-from bridge.embedded import EmbeddedRedis  # noqa: E402
 from bridge.processes import free_port, wait_for_port  # noqa: E402
 from bridge.store import JOB_EXPIRES_MS, WORKER_QUEUE, arq_payload  # noqa: E402
 
@@ -290,14 +288,8 @@ async def noop_floor(redis: aioredis.Redis, env: dict[str, str], work: Path) -> 
 
 
 async def main_async(args: argparse.Namespace) -> tuple[list[Case], dict[str, float]]:
-    work = Path(tempfile.mkdtemp(prefix="bench-join-storm-"))
-    server = EmbeddedRedis(work / "redis").start()
-    redis = aioredis.from_url(server.url)
     receiver = Receiver()
-    hook_port = free_port()
-    hook = await asyncio.start_server(receiver.handle, "127.0.0.1", hook_port)
-    env = {**os.environ, "REDIS_URL": server.url, "PYTHONPATH": str(ROOT), "BRIDGE_LOG_LEVEL": "WARNING",
-           "BRIDGE_CONFIG": str(config(work, f"http://127.0.0.1:{hook_port}/hook"))}
+    work, server, redis, hook, env = await start_stack("bench-join-storm-", receiver.handle)
     key = serialization.load_pem_private_key((work / "jaas.pem").read_bytes(), None)
     port = free_port()
     processes = []

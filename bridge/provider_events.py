@@ -40,10 +40,6 @@ async def room_owner(redis: Redis, provider: str, rooms: Iterable[str]) -> tuple
     return None
 
 
-async def lesson_of(rt: Runtime, provider: str, rooms: Iterable[str]) -> tuple[str, str] | None:
-    return await room_owner(rt.redis, provider, rooms)
-
-
 def lesson_job(rt: Runtime, source: str, lesson_id: str, provider: str, ref: str, event_id: str,
                replay_of: str | None) -> Job | None:
     """A job on the lesson's source, so its webhooks go where the lesson's other webhooks go."""
@@ -62,9 +58,11 @@ def _participant(presence: Presence, session_id: str) -> dict[str, object]:
     return data
 
 
-async def presence_changed(job: Job, ledger: Ledger, event_key: str, presence: Presence) -> None:
-    """Keep one join or leave in the ledger and tell the LMS."""
-    await attendance.record(job.rt.redis, ledger, event_key, presence)
+async def presence_changed(job: Job, ledger: Ledger, event_key: str, presence: Presence,
+                           in_ledger: bool = False) -> None:
+    """Keep one join or leave in the ledger (unless its accept call already did) and tell the LMS."""
+    if not in_ledger:
+        await attendance.record(job.rt.redis, ledger, event_key, presence)
     data = _participant(presence, ledger.session_id)
     if presence.kind == "joined":
         await job.emit(WebhookType.PARTICIPANT_JOINED, {**data, "joined_at": iso_ms(presence.at_ms)},
@@ -132,7 +130,10 @@ async def provider_event(job: Job) -> None:
     ledger = Ledger(job.source.name, job.event["lesson"]["id"], fact.session_id)
     if fact.kind == "presence":
         assert fact.presence is not None
-        await presence_changed(job, ledger, job.event["id"], Presence(**fact.presence))
+        # The accept call wrote it into the ledger with the event; a replay writes it again (the ledger
+        # may have expired since).
+        await presence_changed(job, ledger, job.event["id"], Presence(**fact.presence),
+                               in_ledger=job.replay_of is None)
     elif fact.kind == "session_started":
         await session_started(job, ledger, fact.at_ms)
     elif fact.kind == "session_ended":

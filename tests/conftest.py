@@ -68,6 +68,22 @@ def write_config(path: Path, text: str) -> Path:
     return path
 
 
+def lms_source_toml(provider: str, hook_url: str) -> str:
+    """`[sources.default]`: canonical, its webhooks to `hook_url` on loopback; `[webhooks]` retrying fast."""
+    return f"""
+[sources.default]
+format = "canonical"
+provider = "{provider}"
+webhook_url = "{hook_url}"
+webhook_secret = "{WEBHOOK_SECRET}"
+allow_private_network = true
+
+[webhooks]
+retry_schedule = [0.2, 0.4, 0.8]
+timeout_s = 2
+"""
+
+
 def default_config(tmp_path: Path, webhook_url: str | None = None, extra: str = "") -> Path:
     hook = ""
     if webhook_url:

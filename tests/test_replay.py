@@ -22,7 +22,7 @@ from bridge.eventlog.retention import trim_event_log
 from bridge.routing import event_ref
 from bridge.sources.canonical import iso
 from bridge.store import EVENT_LOG, WORKER_QUEUE, job_runs_key, replays_key, seen_key
-from tests.conftest import WEBHOOK_SECRET, Bridge, wait_until, write_config
+from tests.conftest import Bridge, lms_source_toml, wait_until, write_config
 from tests.fakes.server import serve
 from tests.providers.owt.sim import OwtSim
 from tests.test_intake import moodle_fixture
@@ -99,17 +99,7 @@ base_url = "{owt_url}"
 service_id = "{OWT_SERVICE_ID}"
 service_key = "{OWT_SERVICE_KEY}"
 
-[sources.default]
-format = "canonical"
-provider = "owt"
-webhook_url = "{hook_url}"
-webhook_secret = "{WEBHOOK_SECRET}"
-allow_private_network = true
-
-[webhooks]
-retry_schedule = [0.2, 0.4, 0.8]
-timeout_s = 2
-
+{lms_source_toml("owt", hook_url)}
 [bridge]
 data_dir = "{tmp_path / 'var'}"
 """)

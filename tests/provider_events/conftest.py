@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.conftest import FIXTURES, WEBHOOK_SECRET, write_config
+from tests.conftest import FIXTURES, lms_source_toml, write_config
 from tests.fakes.server import serve
 from tests.providers.hms.sim import HmsSim
 from tests.providers.jaas.sim import JaasSim
@@ -74,17 +74,7 @@ kind = "100ms"
 access_key = "{hms.access_key}"
 app_secret = "{hms.app_secret}"
 
-[sources.default]
-format = "canonical"
-provider = "{provider}"
-webhook_url = "{hook_url}"
-webhook_secret = "{WEBHOOK_SECRET}"
-allow_private_network = true
-
-[webhooks]
-retry_schedule = [0.2, 0.4, 0.8]
-timeout_s = 2
-
+{lms_source_toml(provider, hook_url)}
 [bridge]
 data_dir = "{tmp_path / 'var'}"
 job_timeout_s = 20
