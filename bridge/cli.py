@@ -82,7 +82,7 @@ def _run_worker(queue: str) -> None:
     import uvloop
 
     from workers.settings import worker_settings
-    from workers.worker import ResilientWorker
+    from workers.worker import LeanWorker, ResilientWorker
     logs.configure()
     # uvloop's C transports make each socket write (a Redis command, a webhook POST) far cheaper.
     asyncio.set_event_loop(uvloop.new_event_loop())
@@ -91,7 +91,7 @@ def _run_worker(queue: str) -> None:
         check_ffmpeg_at_startup(_settings())    # exits 2: binary path, its version, the supported range
     settings, embedded = _ensure_redis(_settings())
     try:
-        worker = ResilientWorker(**worker_settings(settings, queue))
+        worker = (LeanWorker if queue == WORKER_QUEUE else ResilientWorker)(**worker_settings(settings, queue))
         # Started before Redis (a fresh deploy) or during an outage: wait for it as for any outage.
         worker.loop.run_until_complete(LINK.wait_until_back(worker.pool, OUTAGE_WAIT_S))
         if queue == RECORDER_QUEUE:

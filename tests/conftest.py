@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from arq.constants import in_progress_key_prefix
 
 from bridge.app import create_app
 from bridge.config import load_settings
@@ -195,6 +196,12 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 20, interval
 
 async def worker_ready(redis: aioredis.Redis, queue: str = WORKER_QUEUE) -> bool:
     return bool(await redis.exists(health_check_key(queue)))
+
+
+async def hand_back_now(redis: aioredis.Redis, job_id: str) -> None:
+    """What happens when a killed worker's in-progress mark lapses (job timeout + 10 s): the job is due again."""
+    assert await redis.delete(in_progress_key_prefix + job_id) == 1
+    await redis.zadd(WORKER_QUEUE, {job_id: int(time.time() * 1000)}, xx=True)
 
 
 @pytest.fixture

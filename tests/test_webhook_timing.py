@@ -17,7 +17,6 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix
 
 from bridge.config import Settings, load_settings
 from bridge.embedded import EmbeddedRedis
@@ -25,7 +24,7 @@ from bridge.http_transport import ConnectionPerRequestTransport
 from bridge.providers.base import RETRY_AFTER_MAX_S
 from bridge.store import WORKER_QUEUE, delivery_key, worker_redis
 from bridge.webhooks import deliver, emit, next_delay, webhook_id
-from tests.conftest import default_config, wait_until, worker_ready
+from tests.conftest import default_config, hand_back_now, wait_until, worker_ready
 from tests.fakes.raw_http import raw_http_server
 
 JITTER = 0.2          # the documented band ([webhooks] retry_schedule: ±20 %), not the module's constant
@@ -157,8 +156,7 @@ async def test_a_job_rerun_after_a_crash_and_the_retries_keep_one_webhook_id(mak
         first.wait(timeout=10)
         started = int(time.time())
         await wait_until(lambda: int(time.time()) > started, timeout=2)   # the re-run is in another second
-        # arq would hand the job on once its in-progress key expires (job_timeout_s + 10 s); do it now.
-        assert await redis.delete(in_progress_key_prefix + "default:evt_1:user_joined") == 1
+        await hand_back_now(redis, "default:evt_1:user_joined")
         server.release.set()
         bridge.start_worker()
         await wait_until(lambda: len(server.requests) == 3)

@@ -53,7 +53,8 @@ def _functions(settings: Settings, queue: str) -> list[Function]:
         return [func(event_job(name, timeout - 5, RECORDER_TRIES), name=name, timeout=timeout,
                      max_tries=RECORDER_TRIES + 1) for name in names]
     deadline = job_deadline_s(settings)
-    return [func(event_job(name, deadline, MAX_TRIES), name=name, max_tries=MAX_TRIES + 1) for name in names]
+    return [func(event_job(name, deadline, MAX_TRIES), name=name, max_tries=MAX_TRIES + 1, keep_result=0)
+            for name in names]
 
 
 def worker_settings(settings: Settings, queue: str = WORKER_QUEUE) -> dict[str, Any]:
@@ -89,7 +90,7 @@ def worker_settings(settings: Settings, queue: str = WORKER_QUEUE) -> dict[str, 
     cron_jobs = []
     if queue == WORKER_QUEUE:
         functions.append(func(rides_out_redis(deliver_webhook, job_deadline_s(settings)), name="deliver_webhook",
-                              max_tries=3))
+                              max_tries=3, keep_result=0))
         # A tick's result guards nothing once the next tick is queued (bridge.polling): kept briefly, so
         # a lesson polled every few seconds leaves a handful of result keys, not an hour's worth.
         functions.append(func(attendance_poll_job(job_deadline_s(settings)), name=POLL_FUNCTION,
@@ -112,6 +113,9 @@ def worker_settings(settings: Settings, queue: str = WORKER_QUEUE) -> dict[str, 
         "max_jobs": 60 if recorder else 50,
         # (short job timeouts, as in tests, get a grace of their own length: a stall that long is rare)
         "job_timeout": settings.job_timeout_s + min(REDIS_STALL_GRACE_S, settings.job_timeout_s),
+        # Only cron jobs keep arq's result (an hour): it keeps a second worker from running the same tick.
+        # An event's outcome is in its runs hash and a delivery's in its record: their arq results
+        # were an unread 0.7 KB per job.
         "keep_result": 3600,
         "job_serializer": serialize_arq,
         "job_deserializer": deserialize_arq,
