@@ -25,9 +25,9 @@ from bridge.store import (
     JOB_EXPIRES_MS,
     WORKER_QUEUE,
     arq_payload,
-    attempts_key,
     delivery_key,
     endpoint_disabled_key,
+    split_delivery,
 )
 
 DELIVERY_LISTS = {"failed": FAILED_DELIVERIES, "dead": DEAD_LETTERS, "disabled": FAILED_DELIVERIES}
@@ -38,7 +38,8 @@ def _text(value: bytes | str | None) -> str | None:
 
 
 async def delivery(redis: Redis, msg_id: str, *, with_attempts: bool = True) -> dict[str, Any] | None:
-    record = {k.decode(): v.decode() for k, v in (await redis.hgetall(delivery_key(msg_id))).items()}
+    record, attempt_log = split_delivery({k.decode(): v.decode()
+                                          for k, v in (await redis.hgetall(delivery_key(msg_id))).items()})
     if not record:
         return None
     try:
@@ -56,7 +57,7 @@ async def delivery(redis: Redis, msg_id: str, *, with_attempts: bool = True) -> 
         "event_id": data.get("event_id"), "replay_of": data.get("replay_of"), "payload": payload,
     }
     if with_attempts:
-        info["attempt_log"] = [json.loads(a) for a in await redis.lrange(attempts_key(msg_id), 0, -1)]
+        info["attempt_log"] = attempt_log
     return info
 
 

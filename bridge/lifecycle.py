@@ -18,6 +18,7 @@ from arq.connections import ArqRedis
 
 from bridge import polling
 from bridge.config import Settings, SourceConfig
+from bridge.metrics import BufferedCounts
 from bridge.providers.base import Capability, Provider, ProviderError, Room
 from bridge.recording import RecorderConfig
 from bridge.schema.events import Lesson, User
@@ -32,7 +33,7 @@ from bridge.store import (
     room_owner_key,
     teachers_key,
 )
-from bridge.webhooks import Outbound, deliver_outbound, emit
+from bridge.webhooks import Outbound, Produced, deliver_outbound, produce, record_run
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Runtime:
     providers: dict[str, Provider]
     recording: RecorderConfig | None = None      # recorder processes only
     storage: Storage | None = None               # where finished recordings go ([storage])
+    counts: BufferedCounts = field(default_factory=BufferedCounts)   # job and delivery metrics, flushed each second
 
 
 @dataclass
@@ -56,7 +58,8 @@ class Job:
     event: dict[str, Any]
     replay_of: str | None
     last_try: bool = False                       # a retryable failure now is final: report it
-    pending: list[Outbound] = field(default_factory=list)   # webhooks whose first attempt is ours to make
+    produced: list[Produced] = field(default_factory=list)  # webhooks made, not yet recorded
+    pending: list[Outbound] = field(default_factory=list)   # webhooks recorded, whose first attempt is ours
     _state: dict[str, str] | None = None
 
     @cached_property
@@ -94,6 +97,7 @@ class Job:
 
     async def emit(self, webhook_type: WebhookType, extra: dict[str, Any] | None = None,
                    discriminator: str = "") -> str:
+        """Make one of this event's webhooks: stored with the run's outcome, or by `record`/`flush` first."""
         data: dict[str, Any] = {
             "event_id": self.event["id"], "source": self.source.name,
             "lesson_id": (self.event.get("lesson") or {}).get("id"),
@@ -102,17 +106,22 @@ class Job:
         if self.replay_of:
             data["replay_of"] = self.replay_of
         data.update(extra or {})
-        msg_id, outbound = await emit(self.rt.redis, self.source, self.ref, webhook_type, data, discriminator)
-        if outbound is not None:
-            self.pending.append(outbound)
-        return msg_id
+        produced = produce(self.source, self.ref, webhook_type, data, discriminator)
+        self.produced.append(produced)
+        return produced.msg_id
+
+    async def record(self, function: str = "", outcome: dict[str, Any] | None = None) -> None:
+        """Store the webhooks made so far (and, given a function, the run's outcome) in one call."""
+        produced, self.produced = self.produced, []
+        self.pending += await record_run(self.rt.redis, self.source.name, self.ref, produced, function, outcome)
 
     async def flush(self) -> None:
-        """Make the first delivery attempt of every webhook this job has produced so far."""
+        """Record the webhooks made so far, then make the first delivery attempt of each."""
+        await self.record()
         pending, self.pending = self.pending, []
         rt = self.rt
-        await asyncio.gather(*(deliver_outbound(rt.redis, rt.webhooks, rt.settings, self.source, outbound, 0)
-                               for outbound in pending))
+        await asyncio.gather(*(deliver_outbound(rt.redis, rt.webhooks, rt.settings, rt.counts, self.source,
+                                                outbound, 0) for outbound in pending))
 
 
 STOP_FLAG_TTL_S = 7 * 24 * 3600

@@ -9,7 +9,8 @@ with the standard `prometheus_client` library.
 
 The intake path stays at one Redis round trip per group of requests: the web process counts
 accepted / duplicate / ignored / rejected events in memory and `IntakeMetrics` flushes the sums to
-Redis at most once a second (and on shutdown). Workers write once per job run, in one pipeline.
+Redis at most once a second (and on shutdown); each worker process does the same with its job runs
+and delivery attempts (`BufferedCounts`).
 
 Writing a metric is best effort: a Redis error is logged and swallowed, never failing a job.
 """
@@ -23,7 +24,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Self
 
 import structlog
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
@@ -108,25 +109,6 @@ async def _best_effort(what: str, pipe: Any) -> None:
         log.warning("metrics.write_failed", metric=what, error=type(exc).__name__)
 
 
-def add_job_commands(pipe: Any, function: str, status: str, seconds: float) -> None:
-    """Queue the commands for one job run on a pipeline the caller executes."""
-    pipe.hincrby(METRICS_JOBS, _field(function, status), 1)
-    pipe.hincrby(METRICS_JOB_BUCKETS, _field(function, _bucket_label(seconds)), 1)
-    pipe.hincrbyfloat(METRICS_JOB_SUM, _field(function), seconds)
-
-
-async def observe_job(redis: Any, function: str, status: str, seconds: float) -> None:
-    """One job run: bridge_jobs_total{function,status} and bridge_job_duration_seconds{function}."""
-    async with redis.pipeline(transaction=False) as pipe:
-        add_job_commands(pipe, function, status, seconds)
-        await _best_effort("jobs", pipe)
-
-
-def add_attempt_command(pipe: Any, status: int | None, error: str | None = None) -> None:
-    """Queue bridge_webhook_attempts_total{status} on a pipeline the caller executes (no extra round trip)."""
-    pipe.hincrby(METRICS_ATTEMPTS, _field(attempt_label(status, error)), 1)
-
-
 async def moodle_ws_call(redis: Any, source: str, function: str, outcome: str) -> None:
     """bridge_moodle_ws_calls_total{source,function,outcome}: outcome ok, error, access_denied or unreachable."""
     async with redis.pipeline(transaction=False) as pipe:
@@ -150,49 +132,47 @@ async def recording_finished(redis: Any, recording_id: str) -> None:
 # ---------------------------------------------------------------------------- the web process's buffer
 
 
-class IntakeMetrics:
-    """In-process sums of intake outcomes, flushed to Redis at most every FLUSH_INTERVAL_S.
-
-    `intake()` and `rejected()` are plain dict updates on the request path; a background task adds
-    the sums to the Redis hashes in one pipelined call. A failed flush keeps the sums for the next.
+class BufferedCounts:
+    """Counter and histogram increments summed in this process and added to Redis at most every
+    FLUSH_INTERVAL_S in one pipelined call (and on shutdown), so counting costs no Redis command per
+    request or job. A failed flush keeps the sums for the next.
     """
 
-    def __init__(self, redis: Any, sources: Iterable[str], interval_s: float = FLUSH_INTERVAL_S) -> None:
+    def __init__(self, redis: Any = None, interval_s: float = FLUSH_INTERVAL_S) -> None:
         self.redis, self.interval_s = redis, interval_s
-        self.sources = frozenset(sources)
-        self.events: Counter[tuple[str, str]] = Counter()
-        self.refused: Counter[tuple[str, str]] = Counter()
+        self.sums: Counter[tuple[str, str]] = Counter()     # (hash, field) → increment; a float sums by float
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
-    def label(self, source: str) -> str:
-        return source if source in self.sources else UNKNOWN_SOURCE
+    def add(self, key: str, field: str, amount: float = 1) -> None:
+        self.sums[(key, field)] += amount
 
-    def intake(self, source: str, outcome: Any) -> None:
-        for name, ids in (("accepted", outcome.accepted), ("duplicate", outcome.duplicates),
-                          ("ignored", outcome.ignored)):
-            if ids:
-                self.events[(source, name)] += len(ids)
+    def add_job_run(self, function: str, status: str, seconds: float) -> None:
+        """bridge_jobs_total{function,status} and bridge_job_duration_seconds{function}."""
+        self.add(METRICS_JOBS, _field(function, status))
+        self.add(METRICS_JOB_BUCKETS, _field(function, _bucket_label(seconds)))
+        self.add(METRICS_JOB_SUM, _field(function), seconds)
 
-    def rejected(self, source: str, reason: str) -> None:
-        self.refused[(self.label(source), reason)] += 1
+    def add_attempt(self, status: int | None, error: str | None = None) -> None:
+        """bridge_webhook_attempts_total{status}: one outbound delivery attempt."""
+        self.add(METRICS_ATTEMPTS, _field(attempt_label(status, error)))
 
     async def flush(self) -> None:
         async with self._lock:
-            events, refused = self.events, self.refused
-            if not events and not refused:
+            sums = self.sums
+            if not sums:
                 return
-            self.events, self.refused = Counter(), Counter()
+            self.sums = Counter()
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    for (source, outcome), count in events.items():
-                        pipe.hincrby(METRICS_EVENTS, _field(source, outcome), count)
-                    for (source, reason), count in refused.items():
-                        pipe.hincrby(METRICS_REJECTED, _field(source, reason), count)
+                    for (key, field), amount in sums.items():
+                        if isinstance(amount, float):
+                            pipe.hincrbyfloat(key, field, amount)
+                        else:
+                            pipe.hincrby(key, field, amount)
                     await pipe.execute()
             except BaseException:
-                self.events.update(events)       # keep them for the next flush
-                self.refused.update(refused)
+                self.sums.update(sums)       # keep them for the next flush
                 raise
 
     async def _run(self) -> None:
@@ -203,7 +183,7 @@ class IntakeMetrics:
             except (RedisError, OSError) as exc:
                 log.warning("metrics.flush_failed", error=type(exc).__name__)
 
-    def start(self) -> IntakeMetrics:
+    def start(self) -> Self:
         self._task = asyncio.get_running_loop().create_task(self._run())
         return self
 
@@ -218,6 +198,26 @@ class IntakeMetrics:
                 await self.flush()
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("metrics.final_flush_failed", error=type(exc).__name__)
+
+
+class IntakeMetrics(BufferedCounts):
+    """The web process's intake outcomes: plain dict updates on the request path."""
+
+    def __init__(self, redis: Any, sources: Iterable[str], interval_s: float = FLUSH_INTERVAL_S) -> None:
+        super().__init__(redis, interval_s)
+        self.sources = frozenset(sources)
+
+    def label(self, source: str) -> str:
+        return source if source in self.sources else UNKNOWN_SOURCE
+
+    def intake(self, source: str, outcome: Any) -> None:
+        for name, ids in (("accepted", outcome.accepted), ("duplicate", outcome.duplicates),
+                          ("ignored", outcome.ignored)):
+            if ids:
+                self.add(METRICS_EVENTS, _field(source, name), len(ids))
+
+    def rejected(self, source: str, reason: str) -> None:
+        self.add(METRICS_REJECTED, _field(self.label(source), reason))
 
 
 # ---------------------------------------------------------------------------- rendering (web)

@@ -218,12 +218,18 @@ async def recording_start(job: Job) -> None:
         data = {"recording_id": recording_id, "file": str(final.file), "bytes": final.bytes,
                 "duration_s": final.duration_s, "container": final.container, "sha256": final.sha256,
                 "parts": final.parts, "reason": str(result.reason)}
-        await LINK.retrying(rt.redis, lambda: job.emit(WebhookType.RECORDING_COMPLETED, data))
+        await LINK.retrying(rt.redis, lambda: _emit_now(job, WebhookType.RECORDING_COMPLETED, data))
         await LINK.retrying(rt.redis, lambda: enqueue_store(job, recording_id, final))
     else:
         data = {"recording_id": recording_id, "reason": final.reason or str(result.reason),
                 "detail": result.detail, "ffmpeg_stderr": (final.stderr_tail or result.stderr_tail)[-20:]}
-        await LINK.retrying(rt.redis, lambda: job.emit(WebhookType.RECORDING_FAILED, data))
+        await LINK.retrying(rt.redis, lambda: _emit_now(job, WebhookType.RECORDING_FAILED, data))
+
+
+async def _emit_now(job: Job, webhook_type: WebhookType, data: dict[str, Any]) -> None:
+    """Recorded at once rather than with the run's outcome: the recording is over whatever befalls this run."""
+    await job.emit(webhook_type, data)
+    await job.record()
 
 
 async def recording_store(job: Job) -> None:

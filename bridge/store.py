@@ -6,6 +6,7 @@ so that the dedupe check, the event-log append and the enqueue are one atomic ro
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlparse
 
@@ -31,8 +32,22 @@ def seen_key(source: str, event_id: str) -> str:
 
 
 def job_runs_key(ref: str) -> str:
-    """Hash: job function → JSON outcome of its last run, for one event (ref = source:event_id[:replay])."""
+    """Hash for one event execution (ref = source:event_id[:replay]): job function → JSON outcome of
+    its last run, and `webhook:<id>` → when (ns) the execution produced that webhook."""
     return f"{PREFIX}runs:{ref}"
+
+
+PRODUCED_FIELD = "webhook:"
+
+
+def produced_ids(runs: Mapping[Any, Any]) -> list[str]:
+    """The webhook ids an execution produced, in order, from its runs hash (raw or decoded)."""
+    found = []
+    for name, value in runs.items():
+        text = name.decode() if isinstance(name, bytes) else name
+        if text.startswith(PRODUCED_FIELD):
+            found.append((int(value), text[len(PRODUCED_FIELD):]))
+    return [msg_id for _, msg_id in sorted(found)]
 
 
 def replays_key(source: str, event_id: str) -> str:
@@ -107,18 +122,27 @@ def moodle_reconcile_lock_key(source: str) -> str:
 
 
 def delivery_key(webhook_id: str) -> str:
-    """Hash: payload, source, type, status, attempts, next_at, last_status, ref."""
+    """Hash: payload, source, type, status, attempts, next_at, last_status, ref, created_at, and per
+    attempt `attempt:<ms>:<number>` → JSON {at, attempt, status, ms, error, answer (capped)}."""
     return f"{PREFIX}delivery:{webhook_id}"
 
 
-def attempts_key(webhook_id: str) -> str:
-    """List of JSON attempt records (time, status, latency, first 2 KB of the answer)."""
-    return f"{PREFIX}attempts:{webhook_id}"
+ATTEMPT_FIELD = "attempt:"
 
 
-def produced_key(ref: str) -> str:
-    """List of webhook ids an event produced, in order (for ?wait, `events show`)."""
-    return f"{PREFIX}produced:{ref}"
+def attempt_field(at_ms: int, number: int) -> str:
+    return f"{ATTEMPT_FIELD}{at_ms}:{number}"
+
+
+def split_delivery(record: Mapping[str, str]) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """A decoded delivery hash as (its fields, its attempt log oldest first)."""
+    fields, attempts = {}, []
+    for name, value in record.items():
+        if name.startswith(ATTEMPT_FIELD):
+            attempts.append((int(name.split(":")[1]), orjson.loads(value)))
+        else:
+            fields[name] = value
+    return fields, [entry for _, entry in sorted(attempts, key=lambda item: item[0])]
 
 
 def endpoint_disabled_key(source: str) -> str:

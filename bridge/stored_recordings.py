@@ -25,7 +25,7 @@ from bridge.schema.events import iso
 from bridge.schema.webhooks import WebhookType
 from bridge.storage import InvalidRecording, RecordingNotFound, S3Storage, Storage, StoredRecording
 from bridge.store import JOB_EXPIRES_MS, RECORDER_QUEUE, STORED_RECORDINGS, recording_key
-from bridge.webhooks import deliver_outbound, emit
+from bridge.webhooks import deliver_outbound, produce, record_run
 
 log = structlog.get_logger("bridge.storage")
 
@@ -194,9 +194,9 @@ async def _announce_deleted(rt: Runtime, recording_id: str, ref: str) -> None:
         return
     data = {"event_id": record.get("event_id"), "source": source.name, "lesson_id": record.get("lesson_id"),
             "provider": record.get("provider"), "recording_id": recording_id}
-    _, outbound = await emit(rt.redis, source, ref, WebhookType.RECORDING_DELETED, data)
-    if outbound is not None:
-        await deliver_outbound(rt.redis, rt.webhooks, rt.settings, source, outbound, 0)
+    produced = produce(source, ref, WebhookType.RECORDING_DELETED, data)
+    for outbound in await record_run(rt.redis, source.name, ref, [produced]):
+        await deliver_outbound(rt.redis, rt.webhooks, rt.settings, rt.counts, source, outbound, 0)
 
 
 HANDLERS = {"recording_delete": recording_delete}

@@ -25,10 +25,10 @@ import structlog
 from arq.connections import ArqRedis
 from redis.commands.core import AsyncScript
 
-from bridge import metrics
 from bridge.clock import utc_now_iso
 from bridge.config import Settings, SourceConfig
 from bridge.http_transport import OriginBusy
+from bridge.metrics import BufferedCounts
 from bridge.providers.base import retry_after_seconds
 from bridge.schema.webhooks import WebhookType
 from bridge.signing import sign
@@ -36,38 +36,74 @@ from bridge.store import (
     DEAD_LETTERS,
     FAILED_DELIVERIES,
     JOB_EXPIRES_MS,
+    PRODUCED_FIELD,
     WORKER_QUEUE,
-    attempts_key,
+    attempt_field,
     delivery_key,
     endpoint_disabled_key,
-    produced_key,
+    job_runs_key,
+    produced_ids,
 )
 
 log = structlog.get_logger("bridge.webhooks")
-ANSWER_LOG_BYTES = 2048
+ANSWER_LOG_BYTES = 2048       # of a failed attempt's answer: what the LMS said is wrong
+OK_ANSWER_LOG_BYTES = 200     # of a 2xx answer: kept with every delivered webhook, so kept short
 JITTER = 0.2
 BUSY_WAIT_CAP_S = 10.0       # a delivery whose endpoint is busy looks again at least this often
 RECORD_TTL_S = 30 * 24 * 3600
 USER_AGENT = "lesson-bridge"
 
-# Stores the payload once (first writer wins) and appends its id to the event's produced list.
-# Returns {status, stored payload, endpoint disabled}: a re-run job learns whether its webhook still
-# needs sending, and sends the payload stored the first time.
-RECORD_SCRIPT = """
-if redis.call('HSETNX', KEYS[1], 'payload', ARGV[1]) == 1 then
-  redis.call('HSET', KEYS[1], 'source', ARGV[2], 'type', ARGV[3], 'ref', ARGV[4], 'status', ARGV[5],
-    'attempts', 0, 'created_at', ARGV[6])
-  redis.call('EXPIRE', KEYS[1], ARGV[7])
-  redis.call('RPUSH', KEYS[2], ARGV[8])
-  redis.call('EXPIRE', KEYS[2], ARGV[7])
+# One job run's record in one call: each webhook it produced, stored once (first writer wins) with
+# its metadata and listed in the execution's runs hash, and the run's outcome. Returns per webhook its
+# stored status and, when a run before this one stored it, that run's payload: a re-run learns whether
+# its webhook still needs sending, and sends the payload stored the first time.
+# KEYS: runs hash, then each webhook's delivery hash. ARGV: ttl s, function ('' = no outcome), outcome,
+# source, ref, now; then per webhook id, type, status, order (ns), payload.
+RECORD_SCRIPT = f"""
+local ttl = ARGV[1]
+local runs = {{}}
+if ARGV[2] ~= '' then
+  runs[1] = ARGV[2]
+  runs[2] = ARGV[3]
 end
-local stored = redis.call('HMGET', KEYS[1], 'status', 'payload')
-return {stored[1], stored[2], redis.call('EXISTS', KEYS[3])}
+local out = {{}}
+for k = 2, #KEYS do
+  local a = 7 + 5 * (k - 2)
+  if redis.call('HSETNX', KEYS[k], 'payload', ARGV[a + 4]) == 1 then
+    redis.call('HSET', KEYS[k], 'source', ARGV[4], 'type', ARGV[a + 1], 'ref', ARGV[5], 'status', ARGV[a + 2],
+      'attempts', 0, 'created_at', ARGV[6])
+    redis.call('EXPIRE', KEYS[k], ttl)
+    runs[#runs + 1] = '{PRODUCED_FIELD}' .. ARGV[a]
+    runs[#runs + 1] = ARGV[a + 3]
+    out[#out + 1] = ARGV[a + 2]
+    out[#out + 1] = ''
+  else
+    local stored = redis.call('HMGET', KEYS[k], 'status', 'payload')
+    out[#out + 1] = stored[1] or ''
+    out[#out + 1] = stored[2] or ''
+  end
+end
+if #runs > 0 then
+  redis.call('HSET', KEYS[1], unpack(runs))
+  redis.call('EXPIRE', KEYS[1], ttl)
+end
+return out
 """
 
-# EVALSHA rather than EVAL: the script text is not sent and hashed again by Redis on every webhook.
+# EVALSHA rather than EVAL: the script text is not sent and hashed again by Redis on every job.
 # Given as bytes, the script needs no client to compute its hash; each call passes its own.
-_record_webhook = AsyncScript(None, RECORD_SCRIPT.encode())  # type: ignore[arg-type]
+_record_run = AsyncScript(None, RECORD_SCRIPT.encode())  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Produced:
+    """A webhook a job run made, to be recorded with the run's outcome."""
+
+    msg_id: str
+    webhook_type: str
+    status: str                  # pending (to send) or not_sent (the source doesn't want it)
+    order: int                   # time.time_ns() when it was made: the execution's webhooks in order
+    payload: bytes
 
 
 @dataclass(frozen=True)
@@ -77,7 +113,6 @@ class Outbound:
     msg_id: str
     payload: bytes
     ref: str
-    endpoint_disabled: bool
 
 
 def webhook_id(ref: str, webhook_type: str, discriminator: str = "") -> str:
@@ -93,35 +128,65 @@ def wants(source: SourceConfig, webhook_type: str) -> bool:
     return False
 
 
-async def emit(redis: ArqRedis, source: SourceConfig, ref: str, webhook_type: WebhookType, data: dict[str, Any],
-               discriminator: str = "") -> tuple[str, Outbound | None]:
-    """Record the webhook an event produced. Safe to repeat.
-
-    Returns the webhook id and, while its first attempt is still to be made, what to send.
-    """
-    msg_id = webhook_id(ref, webhook_type, discriminator)
-    now = utc_now_iso()
-    payload = json.dumps({"type": webhook_type, "timestamp": now, "data": data},
-                         separators=(",", ":"))
+def produce(source: SourceConfig, ref: str, webhook_type: WebhookType, data: dict[str, Any],
+            discriminator: str = "") -> Produced:
+    """The webhook an event produced, signed and sent once recorded (`record_run`)."""
+    payload = json.dumps({"type": webhook_type, "timestamp": utc_now_iso(), "data": data}, separators=(",", ":"))
     deliver = bool(source.webhook_url) and wants(source, webhook_type)
-    status = "pending" if deliver else "not_sent"
-    current, stored, disabled = await _record_webhook(
-        keys=[delivery_key(msg_id), produced_key(ref), endpoint_disabled_key(source.name)],
-        args=[payload, source.name, webhook_type, ref, status, now, RECORD_TTL_S, msg_id], client=redis)
-    if current != b"pending":
-        return msg_id, None
-    return msg_id, Outbound(msg_id, stored, ref, bool(disabled))
+    return Produced(webhook_id(ref, webhook_type, discriminator), webhook_type, "pending" if deliver else "not_sent",
+                    time.time_ns(), payload.encode())
+
+
+async def record_run(redis: ArqRedis, source: str, ref: str, produced: list[Produced], function: str = "",
+                     outcome: dict[str, Any] | None = None) -> list[Outbound]:
+    """Record a run's webhooks and (given a function) its outcome; safe to repeat. Returns the webhooks
+    whose first attempt is still to be made, with the payload to send."""
+    if not produced and not function:
+        return []
+    args: list[Any] = [RECORD_TTL_S, function, json.dumps(outcome) if function else "", source, ref, utc_now_iso()]
+    for item in produced:
+        args += [item.msg_id, item.webhook_type, item.status, item.order, item.payload]
+    answer = await _record_run(keys=[job_runs_key(ref), *(delivery_key(item.msg_id) for item in produced)],
+                               args=args, client=redis)
+    return [Outbound(item.msg_id, stored or item.payload, ref)
+            for item, status, stored in zip(produced, answer[::2], answer[1::2], strict=True) if status == b"pending"]
 
 
 async def produced_payloads(redis: Any, ref: str) -> list[dict[str, Any]]:
-    ids = await redis.lrange(produced_key(ref), 0, -1)
+    ids = produced_ids(await redis.hgetall(job_runs_key(ref)))
     if not ids:
         return []
     async with redis.pipeline(transaction=False) as pipe:
         for msg_id in ids:
-            pipe.hget(delivery_key(msg_id.decode() if isinstance(msg_id, bytes) else msg_id), "payload")
+            pipe.hget(delivery_key(msg_id), "payload")
         payloads = await pipe.execute()
     return [json.loads(p) for p in payloads if p]
+
+
+class EndpointSwitch:
+    """Whether a source's endpoint is disabled (it answered 410), as this process last read it.
+
+    Read at most once a second per source instead of once per webhook: a flag set by another process
+    (a 410 it met, `bridge endpoints enable`) is seen within a second.
+    """
+
+    def __init__(self, max_age_s: float = 1.0) -> None:
+        self.max_age_s = max_age_s
+        self.read: dict[str, tuple[float, bool]] = {}
+
+    async def disabled(self, redis: ArqRedis, source: str) -> bool:
+        now = time.monotonic()
+        known = self.read.get(source)
+        if known is None or now - known[0] > self.max_age_s:
+            known = (now, bool(await redis.exists(endpoint_disabled_key(source))))
+            self.read[source] = known
+        return known[1]
+
+    def set(self, source: str) -> None:
+        self.read[source] = (time.monotonic(), True)
+
+
+ENDPOINTS = EndpointSwitch()
 
 
 class UnsafeDestination(Exception):
@@ -214,18 +279,17 @@ async def attempt(transport: httpx.AsyncBaseTransport, settings: Settings, sourc
         return AttemptResult(None, "endpoint_busy", None, busy=True), "", time.perf_counter() - started
     except httpx.HTTPError as exc:
         return AttemptResult(None, type(exc).__name__, None), "", time.perf_counter() - started
-    answer = response.text[:ANSWER_LOG_BYTES]
     ok = 200 <= response.status_code < 300
+    answer = response.text[:OK_ANSWER_LOG_BYTES if ok else ANSWER_LOG_BYTES]
     result = AttemptResult(response.status_code, None if ok else f"HTTP {response.status_code}",
                            retry_after_seconds(response.headers.get("retry-after"))
                            if response.status_code in (429, 503) else None)
     return result, answer, time.perf_counter() - started
 
 
-def _settle(pipe: Any, msg_id: str, status: str) -> None:
-    """Queue the commands that file a delivery under its new status (one transaction with the attempt)."""
+def _file(pipe: Any, msg_id: str, status: str) -> None:
+    """Queue the commands that put a delivery in the failing / dead sets its new status calls for."""
     now = time.time()
-    pipe.hset(delivery_key(msg_id), "status", status)
     if status == "delivered":
         pipe.zrem(FAILED_DELIVERIES, msg_id)
     elif status == "dead":
@@ -237,13 +301,14 @@ def _settle(pipe: Any, msg_id: str, status: str) -> None:
 
 async def _settle_now(redis: ArqRedis, msg_id: str, status: str) -> str:
     async with redis.pipeline(transaction=True) as pipe:
-        _settle(pipe, msg_id, status)
+        pipe.hset(delivery_key(msg_id), "status", status)
+        _file(pipe, msg_id, status)
         await pipe.execute()
     return status
 
 
-async def deliver(redis: ArqRedis, transport: httpx.AsyncBaseTransport, settings: Settings, msg_id: str,
-                  number: int, waits: int = 0) -> str:
+async def deliver(redis: ArqRedis, transport: httpx.AsyncBaseTransport, settings: Settings, counts: BufferedCounts,
+                  msg_id: str, number: int, waits: int = 0) -> str:
     """Make attempt `number` (0-based) of one stored delivery; schedule the next or dead-letter it."""
     record = {k.decode(): v.decode() for k, v in (await redis.hgetall(delivery_key(msg_id))).items()}
     if not record:
@@ -253,26 +318,29 @@ async def deliver(redis: ArqRedis, transport: httpx.AsyncBaseTransport, settings
     source = settings.sources.get(record["source"])
     if source is None or not source.webhook_url:
         return await _settle_now(redis, msg_id, "dead")
-    disabled = bool(await redis.exists(endpoint_disabled_key(source.name)))
-    outbound = Outbound(msg_id, record["payload"].encode(), record.get("ref", ""), disabled)
-    return await deliver_outbound(redis, transport, settings, source, outbound, number, waits)
+    outbound = Outbound(msg_id, record["payload"].encode(), record.get("ref", ""))
+    return await deliver_outbound(redis, transport, settings, counts, source, outbound, number, waits, first=False)
 
 
 async def deliver_outbound(redis: ArqRedis, transport: httpx.AsyncBaseTransport, settings: Settings,
-                           source: SourceConfig, outbound: Outbound, number: int, waits: int = 0) -> str:
-    """Attempt one delivery and file the outcome in one transaction; enqueue the retry if there is one.
+                           counts: BufferedCounts, source: SourceConfig, outbound: Outbound, number: int,
+                           waits: int = 0, first: bool = True) -> str:
+    """Attempt one delivery and file the outcome; enqueue the retry if there is one.
 
+    `first`: the producing job's own attempt of a webhook it has just recorded as pending, so it is in
+    no failing set: delivered, it is filed with a single HSET.
     `waits`: how often this attempt already found its endpoint busy (slow or hanging, its share of
     POSTs in flight); such a turn is no attempt: it is made again shortly, with back-off.
     """
     msg_id = outbound.msg_id
-    if outbound.endpoint_disabled:
+    if await ENDPOINTS.disabled(redis, source.name):
         return await _settle_now(redis, msg_id, "disabled")
     result, answer, seconds = await attempt(transport, settings, source, msg_id, outbound.payload)
     if result.busy:
         delay = min(BUSY_WAIT_CAP_S, 2.0 ** waits) * random.uniform(1 - JITTER, 1 + JITTER)
         await _schedule(redis, f"{msg_id}:{number}:w{waits + 1}", delay, msg_id, number, waits + 1)
         return "waiting"
+    now = time.time()
     entry = {"at": utc_now_iso(), "attempt": number, "status": result.status, "ms": round(seconds * 1000, 1),
              "error": result.error, "answer": answer}
     delay = None
@@ -283,17 +351,21 @@ async def deliver_outbound(redis: ArqRedis, transport: httpx.AsyncBaseTransport,
     else:
         delay = None if result.permanent else next_delay(settings.webhook_retry_schedule, number, result.retry_after)
         status = "dead" if delay is None else "failed"
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.rpush(attempts_key(msg_id), json.dumps(entry))
-        pipe.expire(attempts_key(msg_id), RECORD_TTL_S)
-        pipe.hincrby(delivery_key(msg_id), "attempts", 1)
-        pipe.hset(delivery_key(msg_id), mapping={"last_status": str(result.status or result.error),
-                                                 "next_at": str(time.time() + delay) if delay is not None else ""})
-        metrics.add_attempt_command(pipe, result.status, result.error)
-        _settle(pipe, msg_id, status)
+    fields = {"status": status, "attempts": number + 1, "last_status": str(result.status or result.error),
+              "next_at": str(now + delay) if delay is not None else "",
+              attempt_field(int(now * 1000), number): json.dumps(entry, separators=(",", ":"))}
+    counts.add_attempt(result.status, result.error)
+    if status == "delivered" and first:
+        await redis.hset(delivery_key(msg_id), mapping=fields)
+    else:
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.hset(delivery_key(msg_id), mapping=fields)
+            _file(pipe, msg_id, status)
+            if status == "disabled":
+                pipe.set(endpoint_disabled_key(source.name), utc_now_iso())
+            await pipe.execute()
         if status == "disabled":
-            pipe.set(endpoint_disabled_key(source.name), utc_now_iso())
-        await pipe.execute()
+            ENDPOINTS.set(source.name)
     log.info("webhook.attempt", webhook_id=msg_id, event_ref=outbound.ref, attempt=number,
              status=result.status, error=result.error, ms=entry["ms"], outcome=status)
     if status == "failed":

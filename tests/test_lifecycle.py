@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from bridge.store import attempts_key, delivery_key, endpoint_disabled_key, job_runs_key
+from bridge.deliveries import delivery
+from bridge.store import delivery_key, endpoint_disabled_key, job_runs_key
 from tests.conftest import MOODLE_TOKEN, WEBHOOK_SECRET, wait_until, write_config
 from tests.fakes.server import serve
 from tests.providers.owt.sim import OwtSim
@@ -123,7 +124,10 @@ async def test_moodle_lesson_schedule_join_leave_end(make_bridge, client, redis,
     room_id = next(iter(sim.rooms))
     assert not sim.participants.get(room_id)                  # everyone dropped
     assert hook.rejected == 0
-    assert len({d["webhook_id"] for d in hook.delivered}) == len(hook.delivered) == 3
+    assert len({d["webhook_id"] for d in hook.delivered}) == len(hook.delivered)
+    # (OWT's attendance polling may or may not have seen the participant in its short stay.)
+    assert [d["type"] for d in hook.delivered if not d["type"].startswith("participant.")] == [
+        "room.created", "join.ready", "room.ended"]
 
 
 async def test_scheduled_twice_is_one_room_and_join_first_creates_it(make_bridge, client, redis, receiver, owt,
@@ -203,7 +207,7 @@ async def test_receiver_down_then_delivered_with_the_same_webhook_id(make_bridge
     # The receiver logs the 200 before the bridge has read it and recorded the delivery.
     record = await wait_until(lambda: _delivered(redis, created["webhook_id"]))
     assert record[b"attempts"] == b"4"
-    logged = [json.loads(a) for a in await redis.lrange(attempts_key(created["webhook_id"]), 0, -1)]
+    logged = (await delivery(redis, created["webhook_id"]))["attempt_log"]
     assert [a["status"] for a in logged] == [500, 503, 302, 200] and all("ms" in a for a in logged)
 
 
@@ -249,8 +253,8 @@ async def test_private_destination_is_refused_without_allow_private_network(make
     await wait_until(dead)
     assert hook.attempts == []
     (key,) = [k async for k in redis.scan_iter(delivery_key("*"))]
-    (attempt,) = await redis.lrange(attempts_key(key.decode().rsplit(":", 1)[1]), 0, -1)
-    assert "non-public address" in json.loads(attempt)["error"]
+    (attempt,) = (await delivery(redis, key.decode().rsplit(":", 1)[1]))["attempt_log"]
+    assert "non-public address" in attempt["error"]
 
 
 async def test_rotating_secrets_every_delivery_is_signed_with_each(make_bridge, client, redis, receiver, owt,

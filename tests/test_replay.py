@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from bridge.config import load_settings
 from bridge.eventlog.entries import LogEvent, parse_time
-from bridge.eventlog.query import Filters, select_from_log
+from bridge.eventlog.query import Filters, job_runs, select_from_log
 from bridge.eventlog.replay import enqueue_replays, plan_replay
 from bridge.eventlog.retention import trim_event_log
 from bridge.routing import event_ref
@@ -62,7 +62,7 @@ async def snapshot(redis: aioredis.Redis) -> dict[bytes, bytes | None]:
 
 
 async def runs(redis: aioredis.Redis, ref: str) -> dict[str, dict[str, Any]]:
-    return {k.decode(): json.loads(v) for k, v in (await redis.hgetall(job_runs_key(ref))).items()}
+    return job_runs(await redis.hgetall(job_runs_key(ref)))
 
 
 async def all_final(redis: aioredis.Redis, refs: list[str], status: str) -> bool:

@@ -21,9 +21,11 @@ from arq.connections import ArqRedis
 from bridge.config import Settings, load_settings
 from bridge.embedded import EmbeddedRedis
 from bridge.http_transport import ConnectionPerRequestTransport
+from bridge.metrics import BufferedCounts
 from bridge.providers.base import RETRY_AFTER_MAX_S
+from bridge.schema.webhooks import WebhookType
 from bridge.store import WORKER_QUEUE, delivery_key, worker_redis
-from bridge.webhooks import deliver, emit, next_delay, webhook_id
+from bridge.webhooks import deliver, next_delay, produce, record_run, webhook_id
 from tests.conftest import default_config, hand_back_now, wait_until, worker_ready
 from tests.fakes.raw_http import raw_http_server
 
@@ -58,9 +60,10 @@ def settings_for(tmp_path: Path, redis_server: EmbeddedRedis, url: str) -> Setti
 
 async def first_attempt(arq_redis: ArqRedis, transport: httpx.AsyncBaseTransport, settings: Settings) -> str:
     """Record a join.ready webhook as a job does, make attempt 0 the way a worker does; its id."""
-    msg_id, _ = await emit(arq_redis, settings.sources["default"], "default:evt_1", "join.ready", {"event_id": "evt_1"})
-    await deliver(arq_redis, transport, settings, msg_id, 0)
-    return msg_id
+    produced = produce(settings.sources["default"], "default:evt_1", WebhookType.JOIN_READY, {"event_id": "evt_1"})
+    await record_run(arq_redis, "default", "default:evt_1", [produced])
+    await deliver(arq_redis, transport, settings, BufferedCounts(), produced.msg_id, 0)
+    return produced.msg_id
 
 
 async def scheduled_in(redis: aioredis.Redis, msg_id: str) -> tuple[float, float]:

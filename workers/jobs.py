@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,7 +16,7 @@ import structlog
 from arq import Retry
 from redis.exceptions import LockError
 
-from bridge import lifecycle, metrics, provider_events, recorder, stored_recordings
+from bridge import lifecycle, provider_events, recorder, stored_recordings
 from bridge.attendance_poll import poll_tick
 from bridge.clock import utc_now_iso
 from bridge.lifecycle import Job, Runtime
@@ -26,14 +25,12 @@ from bridge.providers.base import ProviderError
 from bridge.redis_link import LINK, REDIS_AWAY
 from bridge.routing import job_source
 from bridge.schema.webhooks import WebhookType
-from bridge.store import job_runs_key
-from bridge.webhooks import deliver
+from bridge.webhooks import deliver, record_run
 
 log = structlog.get_logger("bridge.jobs")
 MAX_TRIES = 8
 HANDLERS = {**lifecycle.HANDLERS, **recorder.HANDLERS, **stored_recordings.HANDLERS,
             "provider_event": provider_events.provider_event}
-RUNS_TTL_S = 30 * 24 * 3600
 
 
 def retry_delay(base_s: float, job_try: int, retry_after: float | None) -> float:
@@ -41,12 +38,13 @@ def retry_delay(base_s: float, job_try: int, retry_after: float | None) -> float
     return max(retry_after or 0.0, min(base_s * 2.0 ** (job_try - 1), 300.0))
 
 
-async def _record(rt: Runtime, ref: str, function: str, outcome: dict[str, Any]) -> None:
-    async with rt.redis.pipeline(transaction=True) as pipe:
-        pipe.hset(job_runs_key(ref), function, json.dumps(outcome))
-        pipe.expire(job_runs_key(ref), RUNS_TTL_S)
-        metrics.add_job_commands(pipe, function, outcome["status"], outcome["ms"] / 1000)   # same round trip
-        await pipe.execute()
+async def _record(rt: Runtime, job: Job | None, ref: str, function: str, outcome: dict[str, Any]) -> None:
+    """The run's outcome, with the webhooks it made (one call); counted in the process's metrics."""
+    if job is not None:
+        await job.record(function, outcome)
+    else:
+        await record_run(rt.redis, "", ref, [], function, outcome)
+    rt.counts.add_job_run(function, outcome["status"], outcome["ms"] / 1000)
 
 
 JobFunction = Callable[..., Awaitable[str]]
@@ -133,13 +131,13 @@ def event_job(function: str, deadline_s: float,
             outcome.update(status="failed", error={"code": error.code, "message": error.message})
             if error.retryable and job_try < max_tries:
                 outcome["status"] = "retrying"
-                await _record(rt, ref, function, outcome)
+                await _record(rt, job, ref, function, outcome)
                 log.warning("job.retry", code=error.code, ms=ms)
                 raise Retry(defer=retry_delay(rt.settings.job_retry_base_s, job_try, error.retry_after))
             if job is not None:
                 await job.emit(WebhookType.EVENT_FAILED, {"job": function, "error": outcome["error"]},
                                discriminator=function)
-        await _record(rt, ref, function, outcome)
+        await _record(rt, job, ref, function, outcome)
         if job is not None:
             await job.flush()       # after the outcome is recorded: ?wait answers without waiting for the LMS
         log.info("job", status=outcome["status"], ms=ms, error=outcome.get("error"), ignored=ignored)
@@ -153,8 +151,8 @@ async def deliver_webhook(ctx: dict[str, Any], webhook_id: str, attempt: int, wa
     rt: Runtime = ctx["bridge"]
     structlog.contextvars.clear_contextvars()
     started = time.perf_counter()
-    status = await deliver(rt.redis, rt.webhooks, rt.settings, webhook_id, attempt, waits)
-    await metrics.observe_job(rt.redis, "deliver_webhook", status, time.perf_counter() - started)
+    status = await deliver(rt.redis, rt.webhooks, rt.settings, rt.counts, webhook_id, attempt, waits)
+    rt.counts.add_job_run("deliver_webhook", status, time.perf_counter() - started)
     return status
 
 
@@ -179,9 +177,9 @@ def attendance_poll_job(deadline_s: float, max_tries: int = MAX_TRIES) -> JobFun
             log.exception("attendance_poll.failed", error=f"{type(exc).__name__}: {exc}"[:300])
             status = "failed"
             if job_try < max_tries:
-                await metrics.observe_job(rt.redis, "attendance_poll", "retrying", time.perf_counter() - started)
+                rt.counts.add_job_run("attendance_poll", "retrying", time.perf_counter() - started)
                 raise Retry(defer=retry_delay(rt.settings.job_retry_base_s, job_try, None)) from None
-        await metrics.observe_job(rt.redis, "attendance_poll", status, time.perf_counter() - started)
+        rt.counts.add_job_run("attendance_poll", status, time.perf_counter() - started)
         return status
 
     return rides_out_redis(attendance_poll, deadline_s)

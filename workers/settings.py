@@ -13,6 +13,7 @@ from bridge.config import Settings
 from bridge.eventlog.retention import trim_job
 from bridge.http_transport import ConnectionPerRequestTransport
 from bridge.lifecycle import Runtime
+from bridge.metrics import BufferedCounts
 from bridge.moodle.reconcile import reconcile_loop
 from bridge.polling import POLL_FUNCTION
 from bridge.processes import tune_gc_for_service
@@ -67,7 +68,8 @@ def worker_settings(settings: Settings, queue: str = WORKER_QUEUE) -> dict[str, 
                      for name, cfg in settings.providers.items()}
         ctx["bridge"] = Runtime(settings=settings, redis=ctx["redis"], http=http, webhooks=transport,
                                 providers=providers, recording=settings.recording if recorder else None,
-                                storage=await storage_from_settings(settings, ctx["redis"]))
+                                storage=await storage_from_settings(settings, ctx["redis"]),
+                                counts=BufferedCounts(ctx["redis"]).start())
         if recorder:
             ctx["reclaim"] = asyncio.ensure_future(reclaim_loop(ctx["redis"], settings))
         else:
@@ -80,6 +82,7 @@ def worker_settings(settings: Settings, queue: str = WORKER_QUEUE) -> dict[str, 
                 ctx[loop].cancel()
         runtime: Runtime | None = ctx.get("bridge")
         if runtime is not None:
+            await runtime.counts.stop()
             for provider in runtime.providers.values():
                 await provider.aclose()
             await runtime.http.aclose()

@@ -23,12 +23,13 @@ from bridge.eventlog.entries import LogEvent
 from bridge.eventlog.query import Filters, events_page
 from bridge.store import (
     EVENT_LOG,
-    attempts_key,
     delivery_key,
     endpoint_disabled_key,
+    job_runs_key,
     lesson_key,
-    produced_key,
+    produced_ids,
     recording_key,
+    split_delivery,
 )
 
 SAMPLE_EVENTS = 500             # newest log entries the endpoint and lesson views look through
@@ -146,8 +147,8 @@ async def webhook_outcomes(redis: Redis, refs: list[str]) -> dict[str, Counter[s
     """For each execution, how many of its webhooks are delivered, failed, dead...: two round trips."""
     async with redis.pipeline(transaction=False) as pipe:
         for ref in refs:
-            pipe.lrange(produced_key(ref), 0, -1)
-        produced = [[_text(i) for i in ids] for ids in await pipe.execute()]
+            pipe.hgetall(job_runs_key(ref))
+        produced = [produced_ids(runs) for runs in await pipe.execute()]
     async with redis.pipeline(transaction=False) as pipe:
         for ids in produced:
             for msg_id in ids:
@@ -161,24 +162,22 @@ async def deliveries_of(redis: Redis, refs: list[str]) -> list[dict[str, Any]]:
     """Every delivery the executions `refs` produced: its record and its attempts, in two round trips."""
     async with redis.pipeline(transaction=False) as pipe:
         for ref in refs:
-            pipe.lrange(produced_key(ref), 0, -1)
-        ids = [_text(i) for produced in await pipe.execute() for i in produced]
+            pipe.hgetall(job_runs_key(ref))
+        ids = [msg_id for runs in await pipe.execute() for msg_id in produced_ids(runs)]
     async with redis.pipeline(transaction=False) as pipe:
         for msg_id in ids:
             pipe.hgetall(delivery_key(msg_id))
-            pipe.lrange(attempts_key(msg_id), 0, -1)
         answers = await pipe.execute()
     out = []
-    for index, msg_id in enumerate(ids):
-        record = _decode_hash(answers[2 * index])
+    for msg_id, answer in zip(ids, answers, strict=True):
+        record, attempt_log = split_delivery(_decode_hash(answer))
         if not record:
             continue
         try:
             payload = json.loads(record.get("payload") or "null")
         except ValueError:
             payload = None
-        out.append({"webhook_id": msg_id, **record, "payload": payload,
-                    "attempt_log": [json.loads(a) for a in answers[2 * index + 1]]})
+        out.append({"webhook_id": msg_id, **record, "payload": payload, "attempt_log": attempt_log})
     return out
 
 

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from bridge.deliveries import delivery
 from bridge.eventlog.entries import MAX_ID_PART, LogEvent, epoch_ms, parse_entry_id, parse_time
 from bridge.routing import JOBS_BY_TYPE, event_ref
-from bridge.store import EVENT_LOG, job_runs_key, produced_key, replays_key, seen_key
+from bridge.store import EVENT_LOG, PRODUCED_FIELD, job_runs_key, produced_ids, replays_key, seen_key
 
 SCAN_COUNT = 500              # entries per XRANGE call
 STATE_BATCH = 200             # events per pipeline of state look-ups
@@ -52,8 +52,11 @@ def execution_status(functions: list[str], runs: Mapping[str, Mapping[str, Any]]
 
 
 def job_runs(raw: Mapping[bytes, bytes]) -> dict[str, dict[str, Any]]:
+    """Job function → its last run's outcome, from an execution's runs hash."""
     out = {}
     for key, value in raw.items():
+        if key.startswith(PRODUCED_FIELD.encode()):
+            continue
         try:
             out[key.decode()] = json.loads(value)
         except ValueError:
@@ -294,7 +297,8 @@ async def event_details(redis: Redis, event: LogEvent) -> dict[str, Any]:
                                "functions": list(item.get("functions") or [])})
     for execution in executions:
         ref, functions = execution["ref"], execution.pop("functions")
-        runs = job_runs(await redis.hgetall(job_runs_key(ref)))
+        raw_runs = await redis.hgetall(job_runs_key(ref))
+        runs = job_runs(raw_runs)
         functions = functions or sorted(runs)
         async with redis.pipeline(transaction=False) as pipe:
             for function in functions:
@@ -307,8 +311,8 @@ async def event_details(redis: Redis, event: LogEvent) -> dict[str, Any]:
                          "status": run.get("status") or ("queued" if is_queued else "unknown"),
                          "try": run.get("try"), "at": run.get("at"), "ms": run.get("ms"), "error": run.get("error")})
         deliveries = []
-        for msg_id in await redis.lrange(produced_key(ref), 0, -1):
-            info = await delivery(redis, msg_id.decode())
+        for msg_id in produced_ids(raw_runs):
+            info = await delivery(redis, msg_id)
             if info is not None:
                 deliveries.append(info)
         execution.update(status=execution_status(functions, runs), jobs=jobs, deliveries=deliveries)
