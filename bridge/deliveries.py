@@ -38,8 +38,7 @@ def _text(value: bytes | str | None) -> str | None:
 
 
 async def delivery(redis: Redis, msg_id: str, *, with_attempts: bool = True) -> dict[str, Any] | None:
-    record, attempt_log = split_delivery({k.decode(): v.decode()
-                                          for k, v in (await redis.hgetall(delivery_key(msg_id))).items()})
+    record, attempt_log = split_delivery(await redis.hgetall(delivery_key(msg_id)))
     if not record:
         return None
     try:
@@ -112,7 +111,7 @@ async def retry_delivery(redis: Redis, settings: Settings, msg_id: str) -> Retry
         async with redis.pipeline(transaction=True) as pipe:
             try:
                 await pipe.watch(delivery_key(msg_id))
-                record = {k.decode(): v.decode() for k, v in (await pipe.hgetall(delivery_key(msg_id))).items()}
+                record, _ = split_delivery(await pipe.hgetall(delivery_key(msg_id)))
                 if not record:
                     return RetryResult(msg_id, False, "not_found", "no such delivery (or its record expired)")
                 if record.get("status") == "delivered":

@@ -42,7 +42,10 @@ from bridge.store import (
     delivery_key,
     endpoint_disabled_key,
     job_runs_key,
+    pack_payload,
     produced_ids,
+    split_delivery,
+    unpack_payload,
 )
 
 log = structlog.get_logger("bridge.webhooks")
@@ -143,12 +146,13 @@ async def record_run(redis: ArqRedis, source: str, ref: str, produced: list[Prod
     whose first attempt is still to be made, with the payload to send."""
     if not produced and not function:
         return []
-    args: list[Any] = [RECORD_TTL_S, function, json.dumps(outcome) if function else "", source, ref, utc_now_iso()]
+    args: list[Any] = [RECORD_TTL_S, function, json.dumps(outcome, separators=(",", ":")) if function else "",
+                       source, ref, utc_now_iso()]
     for item in produced:
-        args += [item.msg_id, item.webhook_type, item.status, item.order, item.payload]
+        args += [item.msg_id, item.webhook_type, item.status, item.order, pack_payload(item.payload)]
     answer = await _record_run(keys=[job_runs_key(ref), *(delivery_key(item.msg_id) for item in produced)],
                                args=args, client=redis)
-    return [Outbound(item.msg_id, stored or item.payload, ref)
+    return [Outbound(item.msg_id, unpack_payload(stored) if stored else item.payload, ref)
             for item, status, stored in zip(produced, answer[::2], answer[1::2], strict=True) if status == b"pending"]
 
 
@@ -160,30 +164,33 @@ async def produced_payloads(redis: Any, ref: str) -> list[dict[str, Any]]:
         for msg_id in ids:
             pipe.hget(delivery_key(msg_id), "payload")
         payloads = await pipe.execute()
-    return [json.loads(p) for p in payloads if p]
+    return [json.loads(unpack_payload(p)) for p in payloads if p]
 
 
 class EndpointSwitch:
-    """Whether a source's endpoint is disabled (it answered 410), as this process last read it.
+    """Whether a source's endpoint is disabled (it answered 410).
 
-    Read at most once a second per source instead of once per webhook: a flag set by another process
-    (a 410 it met, `bridge endpoints enable`) is seen within a second.
+    An enabled endpoint is read at most once a second per process instead of once per webhook: a 410
+    met by another process is seen within a second (and meanwhile a POST there meets the 410 itself).
+    A disabled one is read every time, so `bridge endpoints enable` and its retries take effect at once.
     """
 
     def __init__(self, max_age_s: float = 1.0) -> None:
         self.max_age_s = max_age_s
-        self.read: dict[str, tuple[float, bool]] = {}
+        self.enabled_at: dict[str, float] = {}
 
     async def disabled(self, redis: ArqRedis, source: str) -> bool:
         now = time.monotonic()
-        known = self.read.get(source)
-        if known is None or now - known[0] > self.max_age_s:
-            known = (now, bool(await redis.exists(endpoint_disabled_key(source))))
-            self.read[source] = known
-        return known[1]
+        if now - self.enabled_at.get(source, -self.max_age_s) < self.max_age_s:
+            return False
+        if await redis.exists(endpoint_disabled_key(source)):
+            self.enabled_at.pop(source, None)
+            return True
+        self.enabled_at[source] = now
+        return False
 
-    def set(self, source: str) -> None:
-        self.read[source] = (time.monotonic(), True)
+    def disable(self, source: str) -> None:
+        self.enabled_at.pop(source, None)
 
 
 ENDPOINTS = EndpointSwitch()
@@ -310,7 +317,7 @@ async def _settle_now(redis: ArqRedis, msg_id: str, status: str) -> str:
 async def deliver(redis: ArqRedis, transport: httpx.AsyncBaseTransport, settings: Settings, counts: BufferedCounts,
                   msg_id: str, number: int, waits: int = 0) -> str:
     """Make attempt `number` (0-based) of one stored delivery; schedule the next or dead-letter it."""
-    record = {k.decode(): v.decode() for k, v in (await redis.hgetall(delivery_key(msg_id))).items()}
+    record, _ = split_delivery(await redis.hgetall(delivery_key(msg_id)))
     if not record:
         return "missing"
     if record.get("status") == "delivered":
@@ -352,8 +359,9 @@ async def deliver_outbound(redis: ArqRedis, transport: httpx.AsyncBaseTransport,
         delay = None if result.permanent else next_delay(settings.webhook_retry_schedule, number, result.retry_after)
         status = "dead" if delay is None else "failed"
     fields = {"status": status, "attempts": number + 1, "last_status": str(result.status or result.error),
-              "next_at": str(now + delay) if delay is not None else "",
               attempt_field(int(now * 1000), number): json.dumps(entry, separators=(",", ":"))}
+    if delay is not None or not first:          # (a first attempt has no earlier next_at to clear)
+        fields["next_at"] = str(now + delay) if delay is not None else ""
     counts.add_attempt(result.status, result.error)
     if status == "delivered" and first:
         await redis.hset(delivery_key(msg_id), mapping=fields)
@@ -365,7 +373,7 @@ async def deliver_outbound(redis: ArqRedis, transport: httpx.AsyncBaseTransport,
                 pipe.set(endpoint_disabled_key(source.name), utc_now_iso())
             await pipe.execute()
         if status == "disabled":
-            ENDPOINTS.set(source.name)
+            ENDPOINTS.disable(source.name)
     log.info("webhook.attempt", webhook_id=msg_id, event_ref=outbound.ref, attempt=number,
              status=result.status, error=result.error, ms=entry["ms"], outcome=status)
     if status == "failed":

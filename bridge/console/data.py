@@ -170,7 +170,7 @@ async def deliveries_of(redis: Redis, refs: list[str]) -> list[dict[str, Any]]:
         answers = await pipe.execute()
     out = []
     for msg_id, answer in zip(ids, answers, strict=True):
-        record, attempt_log = split_delivery(_decode_hash(answer))
+        record, attempt_log = split_delivery(answer)
         if not record:
             continue
         try:
