@@ -13,8 +13,9 @@ commands per join (INFO stats total_commands_processed), Redis bytes per join on
 has succeeded and every job has finished (INFO memory used_memory), lost and duplicated join.ready.
 
 The floor, measured in the same run: one RS256 signature (PyJWT, loaded key), one signed POST to the
-same receiver the way the worker sends it (bridge.webhooks.attempt, in its own process), one arq
-no-op job (the worker's arq settings; its CPU and Redis commands per job).
+same receiver the way the worker sends it (bridge.webhooks.attempt, in its own process), one
+no-op job on the bridge's worker (LeanWorker, the worker's settings) and on arq's own Worker: CPU and Redis
+commands per job.
 
 Run: make bench-join   (or .venv/bin/python bench/join_storm.py --joins 500 --steady-s 5 for a short run)
 """
@@ -262,10 +263,11 @@ async def post_floor_ms(env: dict[str, str], work: Path) -> float:
     return float(out)
 
 
-async def noop_floor(redis: aioredis.Redis, env: dict[str, str], work: Path) -> tuple[float, float]:
-    """CPU ms and Redis commands per arq no-op job, the worker's settings, a queue filled at once."""
+async def noop_floor(redis: aioredis.Redis, env: dict[str, str], work: Path, protocol: str) -> tuple[float, float]:
+    """CPU ms and Redis commands per no-op job, the worker's settings, a queue filled at once; `protocol`
+    "arq" runs arq's own Worker, "lean" the bridge's LeanWorker."""
     (work / "noop_worker.py").write_text(NOOP_WORKER)
-    process = start_process([sys.executable, str(work / "noop_worker.py")], env, work, "noop.log")
+    process = start_process([sys.executable, str(work / "noop_worker.py"), protocol], env, work, f"noop-{protocol}.log")
     try:
         await wait_worker(redis)
         worker = psutil.Process(process.pid)
@@ -295,7 +297,8 @@ async def main_async(args: argparse.Namespace) -> tuple[list[Case], dict[str, fl
     processes = []
     try:
         floor = {"rs256_ms": rs256_floor_ms(key), "post_ms": await post_floor_ms(env, work)}
-        floor["noop_ms"], floor["noop_commands"] = await noop_floor(redis, env, work)
+        floor["noop_ms"], floor["noop_commands"] = await noop_floor(redis, env, work, "lean")
+        floor["arq_noop_ms"], floor["arq_noop_commands"] = await noop_floor(redis, env, work, "arq")
         processes.append(start(["serve", "--host", "127.0.0.1"], {**env, "PORT": str(port)}, work, "web.log"))
         if args.profile:                   # the worker under cProfile; the stats are written when it stops
             processes.append(start_process([sys.executable, "-m", "cProfile", "-o", args.profile,
@@ -338,8 +341,9 @@ def report(cases: list[Case], floor: dict[str, float], duplicates: int) -> None:
               f"| {case.commands:.1f} | {case.bytes_per_join:.0f} | {case.lost} | {case.statuses} |")
     parts = floor["rs256_ms"] + floor["post_ms"] + floor["noop_ms"]
     print(f"\nfloor: RS256 signature {floor['rs256_ms']:.2f} ms + signed POST {floor['post_ms']:.2f} ms "
-          f"+ arq no-op job {floor['noop_ms']:.2f} ms = {parts:.2f} ms CPU; "
-          f"an arq no-op job alone makes {floor['noop_commands']:.1f} Redis commands")
+          f"+ no-op job {floor['noop_ms']:.2f} ms = {parts:.2f} ms CPU; a no-op job alone makes "
+          f"{floor['noop_commands']:.1f} Redis commands (arq's own Worker: {floor['arq_noop_ms']:.2f} ms, "
+          f"{floor['arq_noop_commands']:.1f} commands)")
     burst, steady = cases
     print(f"duplicated join.ready: {duplicates}")
     checks = [("burst delivered", burst.wall_s, TARGETS["burst_s"], "s"),

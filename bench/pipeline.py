@@ -4,7 +4,7 @@ One web process, ONE worker process, the sandbox provider, an embedded Redis, an
 in this process. Both throughputs are one worker draining a queue filled before it starts, timed
 from the first job's start (arq's own `st` in its result) to the last job's end, so neither is
 bounded by how fast this script can enqueue:
-  ceiling   an arq worker with the same settings running no-op jobs, jobs/s
+  ceiling   the bridge's worker (LeanWorker, the same settings) running no-op jobs, jobs/s
   bridge    events/s, each a job that reads the lesson, joins via the provider, records the
             join.ready webhook and its outcome, and delivers it, signed, over HTTP to the receiver
             (timed to the webhook's arrival there)
@@ -35,15 +35,18 @@ import redis.asyncio as aioredis  # noqa: E402
 from arq.constants import job_key_prefix, result_key_prefix  # noqa: E402
 
 from bridge.embedded import EmbeddedRedis  # noqa: E402
+from bridge.eventlog.entries import parse_time  # noqa: E402
 from bridge.processes import die_with_parent, free_port, wait_for_port  # noqa: E402
-from bridge.store import JOB_EXPIRES_MS, WORKER_QUEUE, arq_payload, health_check_key  # noqa: E402
+from bridge.store import JOB_EXPIRES_MS, WORKER_QUEUE, arq_payload, health_check_key, job_runs_key  # noqa: E402
 
 SECRET = "whsec_" + base64.b64encode(b"pipeline-bench-secret-32-bytes!!").decode()
+# argv[1] "arq": arq's own Worker (its protocol: 17 Redis commands a job); else the bridge's LeanWorker.
 NOOP_WORKER = """
-import asyncio
+import asyncio, sys
 import uvloop
 from arq.worker import Worker, func
 from workers.settings import worker_settings
+from workers.worker import LeanWorker
 from bridge.config import load_settings
 from bridge.processes import tune_gc_for_service
 
@@ -56,7 +59,7 @@ async def startup(ctx):
 settings = worker_settings(load_settings())
 settings.update(functions=[func(noop, name="noop")], on_startup=startup, on_shutdown=None, cron_jobs=[])
 asyncio.set_event_loop(uvloop.new_event_loop())     # the same event loop `bridge worker` runs on
-Worker(**settings).run()
+(Worker if sys.argv[1:] == ["arq"] else LeanWorker)(**settings).run()
 """
 
 # The floor under any job that delivers a webhook: one process POSTing join.ready-sized bodies to the
@@ -151,19 +154,26 @@ async def post_floor(env: dict[str, str], work: Path, url: str, posts: int) -> f
 
 
 async def first_start_ms(redis: aioredis.Redis, job_ids: list[str]) -> float:
-    """The earliest start among these jobs, from arq's results (JSON here, like every bridge worker's).
+    """The earliest start among these no-op jobs, from arq's results (JSON here, like every bridge worker's)."""
+    results = await redis.mget([result_key_prefix + job_id for job_id in job_ids])
+    return min(orjson.loads(result)["st"] for result in results if result)
 
-    A job's webhook arrives before the job ends, so the last results may take a moment to appear."""
+
+async def first_run_start_ms(redis: aioredis.Redis, refs: list[str], function: str) -> float:
+    """The earliest start among these events' runs of `function`: each run's outcome (its runs hash)
+    has when it ended and how long it took. Event jobs keep no arq result.
+
+    A job's webhook arrives after its outcome is recorded, yet give the last ones a moment."""
     deadline = time.monotonic() + 30
     while True:
-        starts = []
-        for first in range(0, len(job_ids), 1000):
-            results = await redis.mget([result_key_prefix + job_id for job_id in job_ids[first:first + 1000]])
-            starts += [orjson.loads(result)["st"] for result in results if result]
-        if len(starts) == len(job_ids):
-            return min(starts)
+        async with redis.pipeline(transaction=False) as pipe:
+            for ref in refs:
+                pipe.hget(job_runs_key(ref), function)
+            outcomes = [orjson.loads(raw) for raw in await pipe.execute() if raw]
+        if len(outcomes) == len(refs):
+            return min(parse_time(run["at"]).timestamp() * 1000 - run["ms"] for run in outcomes)
         if time.monotonic() > deadline:
-            raise SystemExit(f"only {len(starts)} of {len(job_ids)} jobs left a result")
+            raise SystemExit(f"only {len(outcomes)} of {len(refs)} jobs recorded an outcome")
         await asyncio.sleep(0.05)
 
 
@@ -176,7 +186,7 @@ async def ceiling(redis: aioredis.Redis, env: dict[str, str], work: Path, jobs: 
             pipe.psetex(job_key_prefix + job_id, JOB_EXPIRES_MS, arq_payload("noop", ({},), now_ms))
             pipe.zadd(WORKER_QUEUE, {job_id: now_ms})
         await pipe.execute()
-    worker = start([sys.executable, str(work / "noop_worker.py")], env, work, "noop.log")
+    worker = start([sys.executable, str(work / "noop_worker.py"), "lean"], env, work, "noop.log")
     try:
         deadline = time.monotonic() + 120
         while await redis.zcard(WORKER_QUEUE) or [k async for k in redis.scan_iter("arq:in-progress:*", count=1000)]:
@@ -198,11 +208,11 @@ def event(n: int, run: str) -> dict:
 
 
 async def post_all(http: httpx.AsyncClient, url: str, events: int, run: str) -> list[str]:
-    """POST the events in batches of 100; returns their arq job ids."""
+    """POST the events in batches of 100; returns their refs."""
     for first in range(0, events, 100):
         answer = await http.post(url, json=[event(n, run) for n in range(first, min(events, first + 100))])
         answer.raise_for_status()
-    return [f"default:{run}-{n}:user_joined" for n in range(events)]
+    return [f"default:{run}-{n}" for n in range(events)]
 
 
 async def throughput(http: httpx.AsyncClient, redis: aioredis.Redis, url: str, receiver: Receiver, events: int,
@@ -212,11 +222,11 @@ async def throughput(http: httpx.AsyncClient, redis: aioredis.Redis, url: str, r
     receiver.arrived_at.clear()
     receiver.event.clear()
     receiver.expected = events
-    job_ids = await post_all(http, url, events, run)
+    refs = await post_all(http, url, events, run)
     worker = start_worker()
     await asyncio.wait_for(receiver.event.wait(), timeout=300)
     last_arrival_ms = max(receiver.arrived_at.values()) * 1000
-    return events / ((last_arrival_ms - await first_start_ms(redis, job_ids)) / 1000), worker
+    return events / ((last_arrival_ms - await first_run_start_ms(redis, refs, "user_joined")) / 1000), worker
 
 
 async def latency(http: httpx.AsyncClient, url: str, receiver: Receiver, rate: float, seconds: float) -> list[float]:
