@@ -11,7 +11,6 @@ timeout, body included.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from bridge.http_transport import MAX_PER_ORIGIN
-from bridge.store import job_runs_key
+from bridge.store import delivery_key, job_runs_key, split_delivery
 from tests.conftest import WEBHOOK_SECRET, Bridge, wait_until, worker_ready
 from tests.fakes.slow_http import slow_peer
 from tests.faults.conftest import SLOW_PEER_REPORTS, FaultRedis, TimedReceiver, join_event
@@ -128,8 +127,8 @@ async def test_a_hanging_peer_costs_only_its_share(peer: str, fault_redis: Fault
             alive = [p.poll() is None for p in bridge.workers]
         finally:
             bridge.stop_all()
-        attempts = [json.loads(raw) for key in await redis.keys("lb:attempts:*")
-                    for raw in await redis.lrange(key, 0, -1)]
+        attempts = [attempt for key in await redis.keys(delivery_key("*"))
+                    for attempt in split_delivery(await redis.hgetall(key))[1]]
         await redis.aclose()
     normal_p50, during_p50 = normal[len(normal) // 2], during[len(during) // 2]
     SLOW_PEER_REPORTS.append(f"| {peer} | {BURST} | {normal_p50:.1f} | {during_p50:.1f} | {peak} |")
