@@ -188,3 +188,19 @@ async def test_a_job_whose_payload_is_gone_is_dropped_from_the_queue(redis: aior
     await worker._poll_iteration()
     assert await redis.zcard(WORKER_QUEUE) == 0 and not worker.tasks
     assert not await redis.exists(in_progress_key_prefix + "orphan")
+
+
+async def test_a_job_that_overruns_its_timeout_runs_again_instead_of_being_dropped(redis: aioredis.Redis,
+                                                                                   pools) -> None:
+    tries: list[int] = []
+
+    async def stalls_once(ctx: dict[str, Any], job_id: str) -> str:
+        tries.append(ctx["job_try"])
+        if ctx["job_try"] == 1:
+            await asyncio.sleep(5)           # e.g. stuck on a Redis that stopped answering
+        return "ok"
+
+    worker = lean_worker(pools(), func(stalls_once, name="stalls_once", timeout=0.2, keep_result=0))
+    await enqueue(redis, "stalls_once", 1)
+    await poll_until([worker], lambda: _empty(redis))
+    assert tries == [1, 2] and worker.jobs_complete == 1

@@ -54,9 +54,10 @@ def rides_out_redis(run: JobFunction, budget_s: float) -> JobFunction:
     """Redis away mid-job is no failure of the event: wait until it answers, then hand the job back to
     arq to run again from the start (jobs are safe to repeat).
 
-    The wait ends inside `budget_s` (the job's deadline, under arq's job timeout): arq fails a job
-    that overruns its timeout and drops it, without a retry. If Redis is still away then, arq cannot
-    file the retry either; the job stays marked in progress and runs again when that mark lapses.
+    The wait ends inside `budget_s` (the job's deadline, under arq's job timeout): arq's own worker
+    (the recorder's) fails a job that overruns its timeout and drops it, without a retry. If Redis is
+    still away then, arq cannot file the retry either; the job stays marked in progress and runs again
+    when that mark lapses.
     """
 
     async def wrapped(ctx: dict[str, Any], *args: Any) -> str:

@@ -35,10 +35,11 @@ POLL_RESULT_KEEP_S = 60
 RECORDER_TRIES = 100         # a recording is handed back at every recorder restart (deploys, scaling)
 
 
-# arq fails a job that overruns its timeout and drops it, with no retry. So arq's timeout for short
-# jobs leaves room past the job's own deadline for one Redis call against a server that accepts and
-# never answers: up to 20 s waiting for a pooled connection (POOL_WAIT_S), a 5 s connect and a 5 s
-# socket timeout; then the job hands itself back (rides_out_redis).
+# arq fails a job that overruns its timeout and drops it, with no retry (the recorder's worker;
+# LeanWorker runs such a job again, up to its max tries). So arq's timeout for short jobs leaves room
+# past the job's own deadline for one Redis call against a server that accepts and never answers: up
+# to 20 s waiting for a pooled connection (POOL_WAIT_S), a 5 s connect and a 5 s socket timeout; then
+# the job hands itself back (rides_out_redis).
 REDIS_STALL_GRACE_S = 35
 
 

@@ -167,7 +167,15 @@ class LeanWorker(ResilientWorker):
         except (asyncio.CancelledError, RetryJob):
             self.jobs_retried += 1     # stopping (or the job asked): due again at once, for any worker
             await asyncio.shield(self._requeue(job_id, score))
-        except Exception as exc:      # arq's semantics: a job that raises (or times out) is done, failed
+        except TimeoutError:
+            # Unlike arq, which fails and drops a job that overruns its timeout: our jobs keep their own
+            # deadlines inside it, so an overrun is a stall outside the handler (a Redis that stopped
+            # answering mid-bookkeeping). The job runs again, and max_tries still bounds a job that
+            # never finishes (it then reports event.failed, code `crashed`).
+            log.warning("job.timed_out", job_id=job_id, function=name, timeout_s=timeout_s, job_try=job_try)
+            self.jobs_retried += 1
+            await asyncio.shield(self._requeue(job_id, timestamp_ms()))
+        except Exception as exc:      # arq's semantics: a job that raises is done, failed
             log.exception("job.raised", job_id=job_id, function=name)
             self.jobs_failed += 1
             await asyncio.shield(self._finish(job_id, function, self._result(
