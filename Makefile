@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-browser lint mutation bench bench-ingest bench-tokens bench-pipeline bench-recording bench-persistence bench-storage bench-attendance bench-console bench-join clean
+.PHONY: run test test-browser lint mutation bench bench-ingest bench-tokens bench-pipeline bench-recording bench-persistence bench-storage bench-attendance bench-console bench-join bench-footprint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,9 @@ bench-storage: $(STAMP)
 
 bench-join: $(STAMP)
 	$(BIN)/python bench/join_storm.py
+
+bench-footprint: $(STAMP)
+	$(BIN)/python bench/redis_footprint.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

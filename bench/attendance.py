@@ -203,9 +203,21 @@ async def start_stack(prefix: str, handle: Callable[[asyncio.StreamReader, async
     return Stack(work, server, aioredis.from_url(server.url), hook, env)
 
 
+async def stop_stack(stack: Stack, processes: list[subprocess.Popen[bytes]]) -> None:
+    """The bridge's processes first (SIGTERM, all at once), then the receiver, the client and Redis."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.wait(timeout=30)
+    stack.hook.close()
+    await stack.redis.aclose()
+    stack.server.stop()
+
+
 async def main_async(args: argparse.Namespace) -> None:
     receiver = Receiver()
-    work, server, redis, hook, env = await start_stack("bench-attendance-", receiver.handle)
+    stack = await start_stack("bench-attendance-", receiver.handle)
+    work, redis, env = stack.work, stack.redis, stack.env
     port = free_port()
     processes = [start(["serve", "--host", "127.0.0.1"], {**env, "PORT": str(port)}, work, "web.log")]
     try:
@@ -252,13 +264,7 @@ async def main_async(args: argparse.Namespace) -> None:
         latency_ms = (arrived - last_event_at) * 1000
         people = len(report["data"]["participants"])
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=30)
-        hook.close()
-        await redis.aclose()
-        server.stop()
+        await stop_stack(stack, processes)
 
     print(f"\nProvider events in: one web process, one worker, {CONNECTIONS} connections, {args.events} events each\n")
     print("| measure | value | statuses |")

@@ -20,7 +20,7 @@ from bridge.deliveries import DELIVERY_LISTS, enable_endpoint, list_deliveries, 
 from bridge.eventlog.export import select_from_file, write_jsonl
 from bridge.eventlog.query import Filters, event_details, find_events, select_from_log
 from bridge.eventlog.replay import PlannedReplay, enqueue_replays, plan_replay, summarize_replays, wait_for_jobs
-from bridge.eventlog.retention import trim_event_log
+from bridge.eventlog.retention import prune_delivery_sets, trim_event_log
 from bridge.store import EVENT_LOG, redis_client
 
 Operation = Callable[[argparse.Namespace, Settings, Redis], Awaitable[int]]
@@ -256,8 +256,10 @@ async def cmd_endpoints_enable(args: argparse.Namespace, settings: Settings, red
 
 async def cmd_trim(args: argparse.Namespace, settings: Settings, redis: Redis) -> int:
     removed = await trim_event_log(redis, settings, exact=args.exact)
+    pruned = await prune_delivery_sets(redis)
     print(f"trimmed {removed} entries (retention {settings.event_retention_s} s, at most "
-          f"{settings.event_retention_max} entries); the log holds {await redis.xlen(EVENT_LOG)}")
+          f"{settings.event_retention_max} entries); the log holds {await redis.xlen(EVENT_LOG)}; "
+          f"{pruned} expired webhooks left the dead and failing lists")
     return 0
 
 
@@ -314,5 +316,6 @@ def add_commands(commands: Any, run_command: Callable[[argparse.Namespace], None
     enable.add_argument("name", metavar="NAME", help="the source whose webhook_url it is")
     enable.add_argument("--retry", action="store_true", help="also retry the deliveries held while disabled")
 
-    trim = command(commands.add_parser("trim", help="trim the event log by age and size now"), cmd_trim)
+    trim = command(commands.add_parser("trim", help="trim the event log by age and size now (and the dead and "
+                                                  "failing lists of expired webhooks)"), cmd_trim)
     trim.add_argument("--exact", action="store_true", help="trim to the entry (slower than the default ~)")

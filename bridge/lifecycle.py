@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -26,6 +27,8 @@ from bridge.schema.webhooks import WebhookType
 from bridge.sources.canonical import iso
 from bridge.storage import Storage
 from bridge.store import (
+    LESSON_REFRESH_S,
+    LESSON_TTL_S,
     lesson_key,
     lesson_lock_key,
     recording_key,
@@ -71,15 +74,31 @@ class Job:
         return lesson_key(self.source.name, self.event["lesson"]["id"])
 
     async def state(self, fresh: bool = False) -> dict[str, str]:
-        """The lesson's stored state (provider, room, status, recording), read once per job."""
+        """The lesson's stored state (provider, room, status, recording), read once per job. State whose
+        lifetime began more than LESSON_REFRESH_S ago (or never: written before lessons expired) is in use:
+        its lifetime begins again."""
         if self._state is None or fresh:
             raw = await self.rt.redis.hgetall(self.lesson_key)
             self._state = {k.decode(): v.decode() for k, v in raw.items()}
+            if self._state and time.time() - float(self._state.get("touched") or 0) > LESSON_REFRESH_S:
+                await self.save()
         return self._state
 
     async def save(self, **fields: str) -> None:
-        await self.rt.redis.hset(self.lesson_key, mapping=fields)
-        (await self.state()).update(fields)
+        """Write lesson state; its lifetime (LESSON_TTL_S) begins again, and that of the room-owner keys
+        leading the room's provider events here, in the same transaction."""
+        state = await self.state()
+        fields["touched"] = str(int(time.time()))
+        provider = fields.get("provider") or state.get("provider")
+        room = _room_from(fields.get("room") or state.get("room"))
+        async with self.rt.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.lesson_key, mapping=fields)
+            pipe.expire(self.lesson_key, LESSON_TTL_S)
+            if provider and room:
+                for name in {room.id, room.name}:
+                    pipe.expire(room_owner_key(provider, name), LESSON_TTL_S)
+            await pipe.execute()
+        state.update(fields)
 
     async def forget(self, *fields: str) -> None:
         await self.rt.redis.hdel(self.lesson_key, *fields)
@@ -165,7 +184,7 @@ async def remember_room_owner(job: Job, provider: str, room: Room) -> None:
     owner = f"{job.source.name}\t{job.event['lesson']['id']}"
     async with job.rt.redis.pipeline(transaction=False) as pipe:
         for name in {room.id, room.name}:
-            pipe.set(room_owner_key(provider, name), owner)
+            pipe.set(room_owner_key(provider, name), owner, ex=LESSON_TTL_S)
         await pipe.execute()
 
 

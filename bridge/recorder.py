@@ -42,7 +42,7 @@ from bridge.recording import (
 )
 from bridge.redis_link import LINK, REDIS_AWAY
 from bridge.schema.webhooks import WebhookType
-from bridge.store import ACTIVE_RECORDINGS, recording_key, recording_lease_key, recording_stop_key
+from bridge.store import ACTIVE_RECORDINGS, RECORDING_TTL_S, recording_key, recording_lease_key, recording_stop_key
 from bridge.stored_recordings import STORE_FUNCTION, enqueue_store, enqueue_store_job, store_finished
 
 log = structlog.get_logger("bridge.recorder")
@@ -81,7 +81,8 @@ return redis.call('DEL', KEYS[2])
 """
 _reclaim = AsyncScript(None, RECLAIM_SCRIPT.encode())  # type: ignore[arg-type]
 
-# Renews the lease for its holder only (or takes one that lapsed) and records progress, in one call.
+# Renews the lease for its holder only (or takes one that lapsed) and records progress, in one call, which
+# begins the record's lifetime again. ARGV: holder, lease ms, record ttl s, then field, value pairs.
 # Returns [the other holder's name or false, whether the stop flag is set].
 RENEW_LEASE_SCRIPT = f"""
 local holder = redis.call('GET', KEYS[1])
@@ -90,7 +91,8 @@ if holder and holder ~= ARGV[1] and string.sub(holder, 1, {len(RECLAIMED)}) ~= '
   return {{holder, stop}}
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('HSET', KEYS[2], unpack(ARGV, 3))
+redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+redis.call('EXPIRE', KEYS[2], ARGV[3])
 return {{false, stop}}
 """
 _renew_lease = AsyncScript(None, RENEW_LEASE_SCRIPT.encode())  # type: ignore[arg-type]
@@ -108,7 +110,7 @@ async def _refresh(job: Job, recording_id: str, session: RecordingSession | None
         fields += ["recorded_s", f"{session.recorded_s:.1f}", "part", str(session.part_index)]
     holder, stop = await _renew_lease(
         keys=[recording_lease_key(recording_id), recording_key(recording_id), recording_stop_key(recording_id)],
-        args=[OWNER, int(job.rt.settings.recording.lease_s * 1000), *fields], client=job.rt.redis)
+        args=[OWNER, int(job.rt.settings.recording.lease_s * 1000), RECORDING_TTL_S, *fields], client=job.rt.redis)
     return Lease(holder.decode() if holder else None, bool(stop))
 
 
@@ -255,6 +257,8 @@ async def recording_store(job: Job) -> None:
             await renewing
         async with redis.pipeline(transaction=True) as pipe:
             pipe.hset(recording_key(recording_id), mapping={"status": status, "updated_at": str(time.time())})
+            if status == "stored":          # the record lasts as long as the file in storage
+                pipe.persist(recording_key(recording_id))
             pipe.delete(recording_lease_key(recording_id))
             await pipe.execute()
         await metrics.recording_finished(redis, recording_id)

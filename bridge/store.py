@@ -2,6 +2,13 @@
 
 arq's own keys (`arq:job:*`, queues) are written here too, by the accept script,
 so that the dedupe check, the event-log append and the enqueue are one atomic round trip.
+
+Each key's docstring or comment says how long it lives. Every key expires (a TTL set where it is written)
+except the families in WITHOUT_TTL, each bounded by something else; tests/test_key_lifetimes.py scans
+Redis after real flows and holds the bridge to that. README "Redis sizing" turns it into megabytes.
+arq's own keys: `arq:job:<id>` (JOB_EXPIRES_MS, deleted when the job finishes), `arq:in-progress:<id>`
+(the job's lease, PX), `arq:retry:<id>` (a day), `arq:result:<id>` (cron, poll-tick and recorder jobs
+only: `keep_result`, at most an hour; event and delivery jobs keep none), `<queue>:health-check` (PX).
 """
 
 from __future__ import annotations
@@ -18,8 +25,8 @@ from arq.constants import job_key_prefix
 from redis.asyncio.connection import parse_url
 
 PREFIX = "lb:"
-EVENT_LOG = f"{PREFIX}events"                          # stream: one entry per accepted event
-WORKER_QUEUE = "arq:queue"                             # arq's default queue: short jobs
+EVENT_LOG = f"{PREFIX}events"                          # stream: one entry per accepted event (trimmed: WITHOUT_TTL)
+WORKER_QUEUE = "arq:queue"                             # arq's default queue: short jobs (sorted set of job ids)
 RECORDER_QUEUE = "arq:queue:recorder"                  # long FFmpeg supervision jobs
 JOB_EXPIRES_MS = 30 * 24 * 3600 * 1000                 # a queued job outlives a month-long worker outage
 
@@ -28,13 +35,15 @@ SEEN_PREFIX = f"{PREFIX}seen:"
 
 
 def seen_key(source: str, event_id: str) -> str:
-    """Dedupe marker; its value is the event's log entry id. (The accept script builds it too.)"""
+    """Dedupe marker; its value is the event's log entry id. (The accept script builds it too.)
+    Lives `dedupe_window_s` (7 days by default) from acceptance; a replay restores only what is left of it."""
     return f"{SEEN_PREFIX}{source}:{event_id}"
 
 
 def job_runs_key(ref: str) -> str:
     """Hash for one event execution (ref = source:event_id[:replay]): job function → JSON outcome of
-    its last run, and `webhook:<id>` → when (ns) the execution produced that webhook."""
+    its last run, and `webhook:<id>` → when (ns) the execution produced that webhook.
+    Lives RECORD_TTL_S (30 days, bridge/webhooks.py) from its execution's last recorded run."""
     return f"{PREFIX}runs:{ref}"
 
 
@@ -52,79 +61,100 @@ def produced_ids(runs: Mapping[Any, Any]) -> list[str]:
 
 
 def replays_key(source: str, event_id: str) -> str:
-    """List of JSON {replay, entry, functions, at}: every replay of one event, oldest first."""
+    """List of JSON {replay, entry, functions, at}: every replay of one event, oldest first.
+    Lives max(event_retention_s, 30 days) from the event's last replay, as long as the runs it indexes."""
     return f"{PREFIX}replays:{source}:{event_id}"
 
 
+# A lesson's state outlasts a summer break (a course's activity used again in the autumn keeps its room)
+# and the attendance ledger (90 days); a one-off lesson's state leaves half a year after it ended.
+LESSON_TTL_S = 180 * 24 * 3600
+# A job that finds the lesson's lifetime begun longer ago than this begins it again (one MULTI, at most
+# monthly per lesson): a room in use never expires under its users, and joins add no command otherwise.
+LESSON_REFRESH_S = 30 * 24 * 3600
+
+
 def lesson_key(source: str, lesson_id: str) -> str:
-    """Hash: provider, room (JSON), status, recording ids."""
+    """Hash: provider, room (JSON), status, title, recording id, `touched` (when its lifetime last began).
+    Lives LESSON_TTL_S from the lesson's last change, or its last use when that is LESSON_REFRESH_S later
+    (bridge/lifecycle.py): a join on a room that exists only reads it."""
     return f"{PREFIX}lesson:{source}:{lesson_id}"
 
 
 def room_owner_key(provider: str, room: str) -> str:
-    """String `<source>\t<lesson id>`: the lesson a provider's room (its id or name) was made for."""
+    """String `<source>\t<lesson id>`: the lesson a provider's room (its id or name) was made for.
+    Lives as long as its lesson's state (LESSON_TTL_S, refreshed with it)."""
     return f"{PREFIX}room:{provider}:{room}"
 
 
 def attendance_key(source: str, lesson_id: str, session_id: str) -> str:
     """Hash for one provider session: `e:<provider event key>` → participant event JSON, plus
-    `started_ms`, `ended_ms`, `reported` (the event that sent attendance.report)."""
+    `started_ms`, `ended_ms`, `reported` (the event that sent attendance.report).
+    Lives LEDGER_TTL_S (90 days, bridge/attendance.py) from the session's last event."""
     return f"{PREFIX}attendance:{source}:{lesson_id}:{session_id}"
 
 
 def attendance_sessions_key(source: str, lesson_id: str) -> str:
-    """Sorted set: a lesson's provider session ids → the ms they started (the admin view shows the last)."""
+    """Sorted set: a lesson's provider session ids → the ms they started (the admin view shows the last).
+    Lives LEDGER_TTL_S from the lesson's last participant event, as the ledgers it indexes."""
     return f"{PREFIX}attendance-sessions:{source}:{lesson_id}"
 
 
 def attendance_poll_key(source: str, lesson_id: str) -> str:
     """Hash: the live polling session of a lesson (OWT, OpenMeetings): `session`, `event_id`, `provider`,
-    `started_ms`, `over_at_start`, `tick` (the next to run), `met`, `present` (JSON: who the last poll saw)."""
+    `started_ms`, `over_at_start`, `tick` (the next to run), `met`, `present` (JSON: who the last poll saw).
+    Deleted when the session ends; else STATE_TTL_S (2 days, bridge/polling.py) after the last tick."""
     return f"{PREFIX}attendance-poll:{source}:{lesson_id}"
 
 
 def attendance_roster_key(source: str, lesson_id: str) -> str:
-    """Hash: LMS user id → JSON {name, role} the bridge joined them with (polled providers list no names)."""
+    """Hash: LMS user id → JSON {name, role} the bridge joined them with (polled providers list no names).
+    Lives ROSTER_TTL_S (90 days, bridge/polling.py) from the lesson's last join, as the ledger naming them."""
     return f"{PREFIX}attendance-roster:{source}:{lesson_id}"
 
 
 def lesson_lock_key(source: str, lesson_id: str) -> str:
+    """redis-py lock around a room's creation: deleted on release, else lapses after job_timeout_s."""
     return f"{PREFIX}lock:lesson:{source}:{lesson_id}"
 
 
 def teachers_key(source: str, course: str) -> str:
-    """Set of Moodle user ids learnt (from role_assigned events) to teach a course."""
+    """Set of Moodle user ids learnt (from role_assigned events) to teach a course. No TTL: WITHOUT_TTL."""
     return f"{PREFIX}teachers:{source}:{course}"
 
 
 def moodle_ws_cache_key(source: str, function: str, params_digest: str) -> str:
-    """String (TTL): a Moodle web-service answer, JSON, for one function and its parameters."""
+    """String: a Moodle web-service answer, JSON, for one function and its parameters. Lives 5 min to an
+    hour (the *_TTL_S of bridge/moodle/client.py)."""
     return f"{PREFIX}moodle-ws:{source}:{function}:{params_digest}"
 
 
 def moodle_ws_paused_key(source: str) -> str:
-    """Set (TTL) while Moodle refuses the source's ws_token: no calls until it lapses (no retry storm)."""
+    """Set while Moodle refuses the source's ws_token: no calls until it lapses (PAUSE_S, 60 s)."""
     return f"{PREFIX}moodle-ws-paused:{source}"
 
 
 def moodle_courses_key(source: str) -> str:
-    """Set of `<host>:<course id>`: the Moodle courses the source's events came from (reconciliation)."""
+    """Set of `<host>:<course id>`: the Moodle courses the source's events came from (reconciliation).
+    No TTL: WITHOUT_TTL."""
     return f"{PREFIX}moodle-courses:{source}"
 
 
 def moodle_course_lessons_key(source: str, course: str) -> str:
-    """Set of lesson ids the bridge has seen in one Moodle course (`<host>:<course id>`)."""
+    """Set of lesson ids the bridge has seen in one Moodle course (`<host>:<course id>`). No TTL:
+    WITHOUT_TTL (reconciliation forgets a lesson whose state has expired)."""
     return f"{PREFIX}moodle-course-lessons:{source}:{course}"
 
 
 def moodle_reconcile_lock_key(source: str) -> str:
-    """Held for `reconcile_s` by the worker that reconciles the source this interval."""
+    """Held for `reconcile_s` (its TTL) by the worker that reconciles the source this interval."""
     return f"{PREFIX}moodle-reconcile:{source}"
 
 
 def delivery_key(webhook_id: str) -> str:
     """Hash: payload, source, type, status, attempts, next_at, last_status, ref, created_at, and per
-    attempt `attempt:<ms>:<number>` → JSON {at, attempt, status, ms, error, answer (capped)}."""
+    attempt `attempt:<ms>:<number>` → JSON {at, attempt, status, ms, error, answer (capped)}.
+    Lives RECORD_TTL_S (30 days, bridge/webhooks.py) from the webhook's creation; retries do not extend it."""
     return f"{PREFIX}delivery:{webhook_id}"
 
 
@@ -159,29 +189,39 @@ def split_delivery(raw: Mapping[bytes, bytes]) -> tuple[dict[str, str], list[dic
 
 
 def endpoint_disabled_key(source: str) -> str:
-    """Set when the endpoint answered 410 Gone; `bridge endpoints enable` deletes it."""
+    """Set when the endpoint answered 410 Gone; `bridge endpoints enable` deletes it. No TTL: WITHOUT_TTL."""
     return f"{PREFIX}endpoint-disabled:{source}"
 
 
+# Sorted sets of webhook ids; members older than RECORD_TTL_S (their records are gone) are pruned by the
+# event-log trim cron (bridge/eventlog/retention.py).
 DEAD_LETTERS = f"{PREFIX}dead"                          # sorted set: webhook id → time it died
 FAILED_DELIVERIES = f"{PREFIX}failing"                  # sorted set: webhook id → time of last failure
 
 # Metrics (bridge/metrics.py): every process adds to these; GET /metrics on web renders them.
-# Hash fields are JSON arrays of label values; counters never expire (Prometheus counters are monotonic).
+# Hash fields are JSON arrays of label values; counters never expire (Prometheus counters are monotonic),
+# and each hash has as many fields as its labels have combinations (configured sources, job functions, ...).
 METRICS_EVENTS = f"{PREFIX}metrics:events"              # hash [source, outcome] → events
 METRICS_REJECTED = f"{PREFIX}metrics:rejected"          # hash [source, reason] → refused requests
 METRICS_JOBS = f"{PREFIX}metrics:jobs"                  # hash [function, status] → job runs
 METRICS_JOB_BUCKETS = f"{PREFIX}metrics:job-seconds"    # hash [function, le] → runs in that bucket only
 METRICS_JOB_SUM = f"{PREFIX}metrics:job-seconds-sum"    # hash [function] → total seconds (float)
 METRICS_ATTEMPTS = f"{PREFIX}metrics:webhook-attempts"  # hash [status] → outbound delivery attempts
-ACTIVE_RECORDINGS = f"{PREFIX}recordings:active"        # sorted set: recording id → time it started
+ACTIVE_RECORDINGS = f"{PREFIX}recordings:active"        # sorted set: recording id → time it started (until it ends)
 METRICS_MOODLE_WS = f"{PREFIX}metrics:moodle-ws"        # hash [source, function, outcome] → web-service calls
+
+
+# What became of a recording that is not in storage (failed, never uploaded, deleted) stays a term, as
+# the attendance ledger of its lesson does.
+RECORDING_TTL_S = 90 * 24 * 3600
 
 
 def recording_key(recording_id: str) -> str:
     """Hash: lesson, status, owner, job_id, push_url, source_url, recorded_s, part, updated_at; once
     finalized file, sha256, bytes, duration_s; once in storage stored_at, stored_key, content_type,
-    lesson_id, provider; deleted_by (the ref of the deletion that sends recording.deleted)."""
+    lesson_id, provider; deleted_by (the ref of the deletion that sends recording.deleted).
+    Lives RECORDING_TTL_S from its last write, except while its file is in storage (status `stored`:
+    no TTL, until [storage] retention_days or recording.delete removes the file)."""
     return f"{PREFIX}recording:{recording_id}"
 
 
@@ -191,11 +231,11 @@ def recording_lease_key(recording_id: str) -> str:
 
 
 def recording_stop_key(recording_id: str) -> str:
-    """Set by `recording.stop` from any process; the supervising recorder polls it."""
+    """Set by `recording.stop` from any process; the supervising recorder polls it. Lives 7 days."""
     return f"{PREFIX}recording-stop:{recording_id}"
 
 
-STORED_RECORDINGS = f"{PREFIX}recordings:stored"        # sorted set: recording id → time it was stored
+STORED_RECORDINGS = f"{PREFIX}recordings:stored"        # sorted set: recording id → time it was stored (until deleted)
 # The random key that signs `local` storage's download links when [storage] link_secret is unset: made
 # once (SET NX) by whichever process needs it first, so web and recorder sign and check alike.
 STORAGE_LINK_SECRET = f"{PREFIX}storage:link-secret"
@@ -205,6 +245,37 @@ STORAGE_LINK_SECRET = f"{PREFIX}storage:link-secret"
 def health_check_key(queue: str) -> str:
     """arq refreshes `<queue>:health-check` every health_check_interval with a short TTL."""
     return f"{queue}:health-check"
+
+
+def key_family(key: str) -> str:
+    """The family a key belongs to in footprint reports: its first two `:` parts (lb:delivery, arq:job)."""
+    return ":".join(key.split(":")[:2])
+
+
+# The key families kept without a TTL (glob patterns), each with what bounds it instead. Every other key
+# expires; tests/test_key_lifetimes.py fails on a key without a TTL outside these.
+WITHOUT_TTL: dict[str, str] = {
+    EVENT_LOG: "trimmed every 15 min to event_retention_s (30 days) and event_retention_max (1,000,000) "
+               "entries (bridge/eventlog/retention.py)",
+    WORKER_QUEUE: "arq's queue: a job id per queued job, removed when the job runs (its job key expires)",
+    RECORDER_QUEUE: "arq's recorder queue, as arq:queue",
+    f"{PREFIX}metrics:*": "Prometheus counters, monotonic: one hash per metric, a field per label combination "
+                          "(configured sources, job functions, statuses): a few KB in all",
+    DEAD_LETTERS: "members older than RECORD_TTL_S (whose records have expired) pruned by the trim cron",
+    FAILED_DELIVERIES: "members older than RECORD_TTL_S pruned by the trim cron; a delivered one leaves at once",
+    endpoint_disabled_key("*"): "one per configured source, until an operator runs `bridge endpoints enable`",
+    teachers_key("*", "*"): "mirrors Moodle's role assignments (members leave with role_unassigned): a set "
+                            "per course with teachers; an expiry would quietly demote a teacher to student",
+    moodle_courses_key("*"): "one per Moodle source, a member per course its events came from: bounded by "
+                             "the LMS's course catalogue (~30 B a course)",
+    moodle_course_lessons_key("*", "*"): "one per Moodle course; reconciliation removes a lesson whose state "
+                                         "has expired and that Moodle no longer lists",
+    recording_key("*"): "while its file is in storage (status stored), as long as the file: until [storage] "
+                        "retention_days or recording.delete removes it, then RECORDING_TTL_S",
+    ACTIVE_RECORDINGS: "a member per recording running or uploading now, removed when it ends",
+    STORED_RECORDINGS: "a member per recording in storage, removed when retention or recording.delete deletes it",
+    STORAGE_LINK_SECRET: "one key: the deploy's secret for local storage links; it must outlive every link",
+}
 
 
 # Writes one arq job as arq's own enqueue_job does, skipping an id that is already queued (SET NX:

@@ -24,7 +24,7 @@ from bridge.recording import FinalizeResult, RecordingPaths
 from bridge.schema.events import iso
 from bridge.schema.webhooks import WebhookType
 from bridge.storage import InvalidRecording, RecordingNotFound, S3Storage, Storage, StoredRecording
-from bridge.store import JOB_EXPIRES_MS, RECORDER_QUEUE, STORED_RECORDINGS, recording_key
+from bridge.store import JOB_EXPIRES_MS, RECORDER_QUEUE, RECORDING_TTL_S, STORED_RECORDINGS, recording_key
 from bridge.webhooks import deliver_outbound, produce, record_run
 
 log = structlog.get_logger("bridge.storage")
@@ -142,6 +142,7 @@ async def delete_recording(rt: Runtime, recording_id: str, ref: str) -> bool:
     async with rt.redis.pipeline(transaction=True) as pipe:
         pipe.zrem(STORED_RECORDINGS, recording_id)
         pipe.hset(key, mapping={"status": "deleted", "updated_at": str(time.time())})
+        pipe.expire(key, RECORDING_TTL_S)
         await pipe.execute()
     return True
 

@@ -19,7 +19,7 @@ from bridge.providers.base import ProviderError
 from bridge.recorder import recording_id_for
 from bridge.recording import RecordingPaths
 from bridge.storage import LocalStorage, S3Storage, Storage
-from bridge.store import STORED_RECORDINGS, recording_key
+from bridge.store import RECORDING_TTL_S, STORED_RECORDINGS, recording_key
 from bridge.stored_recordings import retention_job, store_finished
 from tests.conftest import default_config, wait_until
 from tests.fakes.server import free_port
@@ -96,4 +96,6 @@ async def test_retention_deletes_recordings_older_than_retention_days_once_each(
     assert await retention_job({"bridge": rt}) == 0            # nothing old is left: no second webhook
     assert len(hook.of_type("recording.deleted")) == 1
     assert await arq_redis.zrange(STORED_RECORDINGS, 0, -1) == [b"rec_new"]
+    assert 0 < await arq_redis.ttl(recording_key("rec_old")) <= RECORDING_TTL_S      # its file is gone
+    assert await arq_redis.ttl(recording_key("rec_new")) == -1                       # as long as its file
     await rt.http.aclose()

@@ -1,4 +1,5 @@
-"""Trimming the event log by age and by size: on the worker's schedule, or now with `bridge trim`."""
+"""Trimming the event log by age and by size: on the worker's schedule, or now with `bridge trim`. The
+same schedule prunes the dead-letter and failing sets of webhooks whose records have expired."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Any
 from redis.asyncio import Redis
 
 from bridge.config import Settings
-from bridge.store import EVENT_LOG
+from bridge.store import DEAD_LETTERS, EVENT_LOG, FAILED_DELIVERIES
+from bridge.webhooks import RECORD_TTL_S
 
 
 async def trim_event_log(redis: Redis, settings: Settings, *, exact: bool = False) -> int:
@@ -22,7 +24,18 @@ async def trim_event_log(redis: Redis, settings: Settings, *, exact: bool = Fals
     return removed
 
 
+async def prune_delivery_sets(redis: Redis) -> int:
+    """Drop dead and failing webhooks filed more than RECORD_TTL_S ago: a record expires RECORD_TTL_S after
+    its creation, which is before it was filed, so theirs are gone (listings skipped them already)."""
+    cutoff = time.time() - RECORD_TTL_S
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in (DEAD_LETTERS, FAILED_DELIVERIES):
+            pipe.zremrangebyscore(key, "-inf", cutoff)
+        return sum(await pipe.execute())
+
+
 async def trim_job(ctx: dict[str, Any]) -> int:
     """The worker's periodic trim (an arq cron job registered in workers/settings.py)."""
     runtime = ctx["bridge"]
+    await prune_delivery_sets(runtime.redis)
     return await trim_event_log(runtime.redis, runtime.settings)

@@ -10,6 +10,7 @@ accepts one (event log, dedupe, the same jobs, the same webhooks):
 - a lesson whose title Moodle has changed → lesson.updated;
 - a started lesson whose activity has closed → lesson.ended;
 - a lesson whose activity Moodle no longer has at all → lesson.cancelled.
+A known lesson whose state has expired (LESSON_TTL_S) and that Moodle no longer lists is forgotten.
 Event ids derive from the lesson and the change, so a repeat (the next interval, another worker, a
 late webhook's job finding the room made) creates nothing twice.
 
@@ -135,9 +136,14 @@ async def course_differences(redis: Redis, client: MoodleClient, source: SourceC
                                  "ends_at": iso_time(starts + duration) if starts and duration else None}
             closes[lesson_id] = None
     known = {m.decode() for m in await redis.smembers(moodle_course_lessons_key(source.name, course))}
+    unlisted = sorted(known - set(wanted))
     # Activities gone from the course; calendar lessons are left alone (the window shows only some).
-    gone = sorted(lesson for lesson in known - set(wanted) if cmid_of(host, lesson))
-    states = await _states(redis, source, [*wanted, *gone])
+    gone = [lesson for lesson in unlisted if cmid_of(host, lesson)]
+    states = await _states(redis, source, [*wanted, *unlisted])
+    # An unlisted lesson without state leads to no event (nothing to cancel), and were Moodle to list it
+    # again its listing alone would bring it back: the set need not keep it once its state has expired.
+    if expired := [lesson for lesson in unlisted if not states[lesson].get("status")]:
+        await redis.srem(moodle_course_lessons_key(source.name, course), *expired)
     events: list[dict[str, Any]] = []
     for lesson_id, lesson in wanted.items():
         state, closing = states[lesson_id], closes[lesson_id]

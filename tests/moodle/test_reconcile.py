@@ -71,3 +71,12 @@ async def test_an_activity_only_hidden_from_the_listing_is_not_cancelled(sim, cl
     await redis.sadd(moodle_course_lessons_key("moodle", COURSE), "moodle:lms.example.edu:87")
     moodle.modules[87]["course"] = 13          # no longer listed in course 12, yet Moodle still has it
     assert await differences(client, redis) == {}
+
+
+async def test_a_lesson_moodle_no_longer_lists_is_forgotten_once_its_state_has_expired(sim, client, redis) -> None:
+    known = moodle_course_lessons_key("moodle", COURSE)
+    await redis.hset(lesson_key("moodle", "moodle:lms.example.edu:88"), mapping={"status": "ended"})
+    await redis.sadd(known, "moodle:lms.example.edu:88", "moodle:lms.example.edu:89",
+                     "moodle:lms.example.edu:event:2212")
+    assert await differences(client, redis) == {}
+    assert await redis.smembers(known) == {b"moodle:lms.example.edu:88"}      # 89 and the event: state expired

@@ -15,7 +15,7 @@ import httpx
 
 from bridge.processes import free_port
 from bridge.recording.ffmpeg import FFmpegBinaries
-from bridge.store import job_runs_key
+from bridge.store import RECORDING_TTL_S, job_runs_key, recording_key
 from tests.conftest import wait_until
 from tests.recording.test_recorder_job import LESSON, recorder_config, start
 from tests.storage.conftest import ACCESS_KEY, SECRET_KEY, MotoServer, s3_storage
@@ -44,6 +44,7 @@ async def test_local_recording_is_served_by_a_signed_link_then_deleted_once(
     assert data["url"].startswith(f"http://127.0.0.1:{port}/v1/recordings/{recording_id}?expires=")
     assert data["expires_at"].endswith("Z")
     assert not Path(done["file"]).exists()
+    assert await redis.ttl(recording_key(recording_id)) == -1         # in storage: kept as long as the file
     # The recorder signed with the secret it found in Redis; web (another process) checks it with the same.
     link = urlsplit(data["url"])
     url = f"{bridge.base_url}{link.path}?{link.query}"
@@ -65,6 +66,7 @@ async def test_local_recording_is_served_by_a_signed_link_then_deleted_once(
     (deleted,) = hook.of_type("recording.deleted")
     assert (deleted["data"]["recording_id"], deleted["data"]["event_id"]) == (recording_id, "del_1")
     assert (await client.get(url)).status_code == 404
+    assert 0 < await redis.ttl(recording_key(recording_id)) <= RECORDING_TTL_S
     assert len(hook.of_type("recording.ready")) == 1
     bad = await client.post(f"{bridge.base_url}/v1/events/default", json={
         "id": "del_4", "type": "recording.delete", "lesson": LESSON, "data": {"recording_id": "../rec"}})
