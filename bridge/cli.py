@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import structlog
 from bridge import logs
 from bridge.config import ConfigError, Settings, load_settings
 from bridge.embedded import EmbeddedRedis
-from bridge.processes import die_with_parent, tune_gc_for_service, wait_for_port
+from bridge.processes import Supervised, available_cores, tune_gc_for_service, wait_for_port
 from bridge.redis_link import LINK, OUTAGE_WAIT_S
 from bridge.store import RECORDER_QUEUE, WORKER_QUEUE
 
@@ -78,12 +77,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
             embedded.stop()
 
 
-def _run_worker(queue: str) -> None:
+def _run_worker(queue: str, every_line: dict[str, Any] | None = None) -> None:
     import uvloop
 
     from workers.settings import worker_settings
     from workers.worker import LeanWorker, ResilientWorker
-    logs.configure()
+    logs.configure(every_line=every_line)
     # uvloop's C transports make each socket write (a Redis command, a webhook POST) far cheaper.
     asyncio.set_event_loop(uvloop.new_event_loop())
     if queue == RECORDER_QUEUE:
@@ -115,58 +114,40 @@ def _stop_recordings_on_signal(worker: Any) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
-    _run_worker(WORKER_QUEUE)
+    """WORKER_CONCURRENCY worker processes (default: one per core); one runs in this process itself."""
+    if args.pool_child:
+        _run_worker(WORKER_QUEUE, every_line={"pid": os.getpid()})     # tells the pool's lines apart
+        return
+    settings = _settings()
+    count = settings.worker_concurrency or available_cores()
+    if count == 1:
+        _run_worker(WORKER_QUEUE)
+        return
+    from bridge.worker_pool import run_pool
+    logs.configure()
+    settings, embedded = _ensure_redis(settings)       # the children join it rather than each starting one
+    try:
+        code = run_pool(count, [sys.executable, "-m", "bridge.cli", "worker", "--pool-child"], dict(os.environ),
+                        STOP_TIMEOUT_S)
+    finally:
+        if embedded:
+            embedded.stop()
+    raise SystemExit(code)
 
 
 def cmd_recorder(args: argparse.Namespace) -> None:
     _run_worker(RECORDER_QUEUE)
 
 
-class Supervised:
-    """One child of `bridge dev`: restarted with back-off when it dies, as a platform restarts a dyno."""
+class DevChild(Supervised):
+    """One child of `bridge dev`: each death and restart is one console line."""
 
-    STEADY_S = 60           # a child that ran this long before dying starts again at the first back-off step
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        self.name, self.argv, self.env = name, argv, env
-        self.process: subprocess.Popen[bytes] | None = None
-        self.started_at = 0.0
-        self.restart_at: float | None = None
-        self.deaths = 0
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(self.argv, env=self.env, preexec_fn=die_with_parent)
-        self.started_at, self.restart_at = time.monotonic(), None
-
-    def check(self) -> None:
-        """Notice a death (one console line) and restart when its back-off has passed."""
-        now = time.monotonic()
-        if self.restart_at is not None:
-            if now >= self.restart_at:
-                print(f"bridge dev: starting {self.name} again", file=sys.stderr, flush=True)
-                self.start()
-            return
-        assert self.process is not None
-        code = self.process.poll()
-        if code is None:
-            return
-        self.deaths = 1 if now - self.started_at > self.STEADY_S else self.deaths + 1
-        delay = min(30.0, 2.0 ** (self.deaths - 1))
-        print(f"bridge dev: {self.name} exited with code {code}; restarting in {delay:.0f} s",
+    def died(self, code: int, restart_in_s: float) -> None:
+        print(f"bridge dev: {self.name} exited with code {code}; restarting in {restart_in_s:.0f} s",
               file=sys.stderr, flush=True)
-        self.restart_at = now + delay
 
-    def terminate(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-
-    def wait(self, deadline: float) -> None:
-        if self.process is None:
-            return
-        try:
-            self.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+    def restarted(self) -> None:
+        print(f"bridge dev: starting {self.name} again", file=sys.stderr, flush=True)
 
 
 def cmd_dev(args: argparse.Namespace) -> None:
@@ -175,10 +156,12 @@ def cmd_dev(args: argparse.Namespace) -> None:
     settings, embedded = _ensure_redis(_settings())
     port = settings.port or args.port
     env = {**os.environ, "REDIS_URL": os.environ["REDIS_URL"], "PORT": str(port)}
+    if not env.get("WORKER_CONCURRENCY"):   # one worker process unless asked: a laptop's cores aren't dev's to take
+        env["WORKER_CONCURRENCY"] = "1"
     exe = [sys.executable, "-m", "bridge.cli"]
-    children = [Supervised("web", [*exe, "serve", "--host", args.host], env),
-                Supervised("worker", [*exe, "worker"], env),
-                Supervised("recorder", [*exe, "recorder"], env)]
+    children = [DevChild("web", [*exe, "serve", "--host", args.host], env),
+                DevChild("worker", [*exe, "worker"], env),
+                DevChild("recorder", [*exe, "recorder"], env)]
     for child in children:
         child.start()
     stopping = False
@@ -246,7 +229,9 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--host", default="0.0.0.0")
     serve.add_argument("--port", type=int, default=8000)
     serve.set_defaults(run=cmd_serve)
-    commands.add_parser("worker", help="the worker process (short jobs)").set_defaults(run=cmd_worker)
+    worker = commands.add_parser("worker", help="the worker processes (short jobs; honours WORKER_CONCURRENCY)")
+    worker.add_argument("--pool-child", action="store_true", help=argparse.SUPPRESS)
+    worker.set_defaults(run=cmd_worker)
     commands.add_parser("recorder", help="the recorder process (FFmpeg)").set_defaults(run=cmd_recorder)
     from bridge.cli_operator import add_commands
     add_commands(commands, cmd_operator)      # replay, export, events, deliveries, endpoints, trim

@@ -68,6 +68,7 @@ class Settings:
     event_retention_max: int
     admin_token: str | None = field(repr=False)
     port: int | None
+    worker_concurrency: int | None          # None: one `bridge worker` process per core it may use
 
 
 def _interpolate(value: Any, env: Mapping[str, str], origin: str, key: str) -> Any:

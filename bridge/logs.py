@@ -8,6 +8,7 @@ import logging
 import re
 import sys
 import threading
+from collections.abc import Mapping
 from typing import Any, BinaryIO
 
 import orjson
@@ -109,12 +110,23 @@ def _stdout_lines() -> LinesPerLoopTurn:
     return _stdout
 
 
-def configure(level: str = "INFO") -> None:
+def _adding(fields: Mapping[str, Any]) -> structlog.types.Processor:
+    def add(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        for key, value in fields.items():
+            event_dict.setdefault(key, value)
+        return event_dict
+    return add
+
+
+def configure(level: str = "INFO", every_line: Mapping[str, Any] | None = None) -> None:
+    """`every_line`: fields on each line, ours and the libraries' (a pooled worker process adds its pid)."""
+    tagged = [_adding(every_line)] if every_line else []
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             add_timestamp,
+            *tagged,
             scrub_secrets,
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(serializer=orjson.dumps),
@@ -130,7 +142,7 @@ def configure(level: str = "INFO") -> None:
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.contextvars.merge_contextvars, structlog.stdlib.add_logger_name,
                            structlog.processors.add_log_level,
-                           add_timestamp, structlog.stdlib.ExtraAdder()],
+                           add_timestamp, *tagged, structlog.stdlib.ExtraAdder()],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, scrub_secrets,
                     structlog.processors.format_exc_info,
                     structlog.processors.JSONRenderer(serializer=lambda obj, **_: orjson.dumps(obj).decode())],

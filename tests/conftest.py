@@ -122,8 +122,9 @@ class Bridge:
         self.extra_env: dict[str, str] = {}
 
     def env(self) -> dict[str, str]:
+        # One `bridge worker` process unless a test asks for more (unset, it starts one per core).
         return {**os.environ, "BRIDGE_CONFIG": str(self.config), "REDIS_URL": self.redis_url,
-                "PYTHONPATH": str(ROOT), **self.extra_env}
+                "PYTHONPATH": str(ROOT), "WORKER_CONCURRENCY": "1", **self.extra_env}
 
     def start_worker(self, kind: str = "worker") -> subprocess.Popen[bytes]:
         log = open(self.tmp_path / f"{kind}-{len(self.workers)}.log", "wb")
@@ -178,6 +179,22 @@ def make_bridge(redis_server: EmbeddedRedis, redis: aioredis.Redis,
     for bridge, context in started:
         bridge.stop_all()
         context.__exit__(None, None, None)
+
+
+def children(pid: int) -> dict[int, str]:
+    """pid → command line of the direct children of `pid`."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found[int(entry.name)] = cmdline
+    return found
 
 
 async def wait_until(predicate: Callable[[], Any], timeout: float = 20, interval: float = 0.05) -> Any:

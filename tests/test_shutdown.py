@@ -5,7 +5,8 @@ when it is told to stop. Every request that got a 2xx is in the event log and it
 worker; requests refused with a connection error are fine (the sender retries); the process exits
 with code 0 within 25 s, and its last second of intake metrics reaches Redis.
 
-worker: a real `bridge worker` running slow jobs (sandbox `delay_s`) while events keep arriving.
+worker: a real `bridge worker` (one process, and a pool of two) running slow jobs (sandbox `delay_s`) while
+events keep arriving.
 Jobs in flight finish (nothing is cut and re-run), jobs not started stay queued for the next worker,
 the process exits with code 0 within 25 s, and every event's webhook is delivered exactly once.
 """
@@ -109,12 +110,14 @@ async def test_web_sigterm_under_load_loses_nothing(make_bridge, redis, monkeypa
     await wait_until(lambda: all_ok(redis, answered), timeout=60, interval=0.2)
 
 
+@pytest.mark.parametrize("worker_concurrency", ["1", "2"])
 async def test_worker_sigterm_under_load_finishes_or_hands_back_every_job(make_bridge, client, redis, receiver,
-                                                                          tmp_path) -> None:
+                                                                          tmp_path, worker_concurrency) -> None:
     hook, hook_url = receiver
     config = default_config(tmp_path, hook_url)
     config.write_text(config.read_text().replace('kind = "sandbox"', 'kind = "sandbox"\ndelay_s = 0.4'))
     bridge = make_bridge(config)
+    bridge.extra_env["WORKER_CONCURRENCY"] = worker_concurrency     # 2: the parent forwards SIGTERM to both
     first = bridge.start_worker()
     await wait_until(lambda: worker_ready(redis))
     posted: list[str] = []

@@ -127,6 +127,7 @@ class BridgeTable(Table):
     # From the environment only (ENVIRONMENT below): the file may not set them.
     admin_token: OptionalText = Field(None, repr=False)     # admin API off when unset
     port: Port | None = None
+    worker_concurrency: Count | None = None     # `bridge worker` processes; None: the cores it may use
 
 
 class RedisTable(Table):
@@ -355,6 +356,12 @@ def _flag(value: str) -> bool:
     return value.lower() not in ("0", "false", "no", "off")
 
 
+def _positive_int(value: str) -> int:
+    if not value.isdecimal() or int(value) == 0:
+        raise ValueError("must be a positive integer")
+    return int(value)
+
+
 def _port(value: str) -> int:
     if not value.isdecimal():
         raise ValueError("must be a port number")
@@ -375,5 +382,6 @@ ENVIRONMENT: dict[str, EnvVar] = {
     "REDIS_SSL_CERT_REQS": EnvVar("redis.ssl_cert_reqs"),
     "BRIDGE_ADMIN_TOKEN": EnvVar("bridge.admin_token", in_file=False),
     "PORT": EnvVar("bridge.port", _port, in_file=False),
+    "WORKER_CONCURRENCY": EnvVar("bridge.worker_concurrency", _positive_int, in_file=False),
     "BRIDGE_LINK_SECRET": EnvVar("storage.link_secret"),
 }

@@ -14,25 +14,9 @@ import pytest
 
 from bridge.cli import STOP_TIMEOUT_S
 from bridge.processes import free_port, wait_for_port
-from tests.conftest import ROOT
+from tests.conftest import ROOT, children
 
 pytestmark = pytest.mark.faults
-
-
-def children(pid: int) -> dict[int, str]:
-    """pid → command line of the direct children of `pid`."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found[int(entry.name)] = cmdline
-    return found
 
 
 def child_running(pid: int, role: str) -> int | None:
