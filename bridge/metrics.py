@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Self
 
 import structlog
+from arq.constants import in_progress_key_prefix
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -63,6 +64,31 @@ JOB_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 FLUSH_INTERVAL_S = 1.0
 UNKNOWN_SOURCE = "_unknown"       # the label for requests naming no configured source (bounded cardinality)
 QUEUES = {"worker": WORKER_QUEUE, "recorder": RECORDER_QUEUE}
+RUNNING_SCAN = 1000               # due jobs looked at for one not running: 16 recorders' 60 slots, and more
+
+# arq's own protocol (the recorder queue) keeps a running job in its queue, due, with an in-progress key;
+# the worker queue's LeanWorker moves a running job's score past now (its lease), so there the first due
+# job is a waiting one. For each queue (KEYS), the score of the first due job that no process runs, ''
+# when every due job runs; past RUNNING_SCAN running ones, the last one's score (the waiting job is no older).
+OLDEST_WAITING_SCRIPT = """#!lua flags=no-writes
+local now, prefix, scan = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local found = {}
+for q, queue in ipairs(KEYS) do
+  local offset, last = 0, ''
+  found[q] = ''
+  while offset < scan do
+    local batch = redis.call('ZRANGEBYSCORE', queue, '-inf', now, 'WITHSCORES', 'LIMIT', offset, 100)
+    for i = 1, #batch, 2 do
+      if redis.call('EXISTS', prefix .. batch[i]) == 0 then found[q] = batch[i + 1] break end
+      last = batch[i + 1]
+    end
+    if found[q] ~= '' or #batch < 200 then break end
+    offset = offset + 100
+  end
+  if found[q] == '' and offset >= scan then found[q] = last end
+end
+return found
+"""
 
 
 def _field(*labels: str) -> str:
@@ -232,9 +258,9 @@ class Snapshot:
         count = len(QUEUES)
         self.queue_depth = dict(zip(QUEUES, queues[:count], strict=True))
         self.queue_due = dict(zip(QUEUES, queues[count:2 * count], strict=True))
-        # The oldest due job's score is when it could first run: how long it has waited for a worker.
-        self.queue_oldest_s = {queue: max(0.0, (now_ms - oldest[0][1]) / 1000) if oldest else 0.0
-                               for queue, oldest in zip(QUEUES, queues[2 * count:], strict=True)}
+        # The oldest waiting job's score is when it could first run: how long it has waited for a worker.
+        self.queue_oldest_s = {queue: max(0.0, (now_ms - float(oldest)) / 1000) if oldest else 0.0
+                               for queue, oldest in zip(QUEUES, queues[2 * count], strict=True)}
 
     @classmethod
     async def read(cls, redis: Any) -> Snapshot:
@@ -247,8 +273,8 @@ class Snapshot:
                 pipe.zcard(key)
             for key in QUEUES.values():
                 pipe.zcount(key, "-inf", now_ms)     # arq scores a job by the time it may run
-            for key in QUEUES.values():
-                pipe.zrangebyscore(key, "-inf", now_ms, start=0, num=1, withscores=True)
+            pipe.eval(OLDEST_WAITING_SCRIPT, len(QUEUES), *QUEUES.values(), now_ms, in_progress_key_prefix,
+                      RUNNING_SCAN)
             return cls(await pipe.execute(), now_ms)
 
 
@@ -310,13 +336,14 @@ class SnapshotCollector:
         yield _gauge("bridge_recordings_active", "Recordings in progress.", s.recordings)
         depth = GaugeMetricFamily("bridge_queue_depth", "Jobs in a queue, including deferred retries.",
                                   labels=["queue"])
-        due = GaugeMetricFamily("bridge_queue_due", "Jobs due now (waiting or running, retries not yet due "
-                                "excluded); a value that keeps growing means add processes of that kind.",
-                                labels=["queue"])
-        oldest = GaugeMetricFamily("bridge_queue_oldest_due_seconds", "How long the oldest job due now has "
-                                   "waited for a worker (0 when none waits); seconds that keep growing during a "
-                                   "storm mean add worker processes. An attendance report queued ahead of the "
-                                   f"queue counts {JUMP_AHEAD_MS // 1000} s older than it is.", labels=["queue"])
+        due = GaugeMetricFamily("bridge_queue_due", "Jobs due now: waiting, or running in the recorder queue "
+                                "(the worker queue leases a running job past now; retries not yet due excluded); "
+                                "a value that keeps growing means add processes of that kind.", labels=["queue"])
+        oldest = GaugeMetricFamily("bridge_queue_oldest_due_seconds", "How long the oldest job due now that no "
+                                   "worker has taken yet has waited (0 when none waits; running jobs are left "
+                                   "out); seconds that keep growing during a storm mean add worker processes. An "
+                                   f"attendance report queued ahead of the queue counts {JUMP_AHEAD_MS // 1000} s "
+                                   "older than it is.", labels=["queue"])
         for queue in QUEUES:
             depth.add_metric([queue], s.queue_depth[queue])
             due.add_metric([queue], s.queue_due[queue])

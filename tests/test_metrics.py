@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import httpx
 import pytest
+from arq.constants import in_progress_key_prefix
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import metrics
 from bridge.processes import free_port
-from bridge.store import METRICS_EVENTS, METRICS_REJECTED
+from bridge.store import METRICS_EVENTS, METRICS_REJECTED, RECORDER_QUEUE
 from tests.conftest import MOODLE_TOKEN, WEBHOOK_SECRET, wait_until, write_config
 from tests.test_intake import EVENT, moodle_fixture
 
@@ -115,6 +117,28 @@ timeout_s = 2
     assert value(await scrape(client, bridge.base_url), "bridge_recordings_active") == 2
     await metrics.recording_finished(redis, "rec-1")
     assert value(await scrape(client, bridge.base_url), "bridge_recordings_active") == 1
+
+
+async def test_the_oldest_waiting_job_is_found_past_many_running_ones(redis, monkeypatch) -> None:
+    """arq's own protocol (the recorder queue) keeps a running job in its queue, due. With hundreds running at
+    its head, the age is the first waiting job's, looked for 100 at a time; past RUNNING_SCAN running ones,
+    the last one's age, which is no less."""
+    now_ms = int(time.time() * 1000)
+    await redis.zadd(RECORDER_QUEUE, {f"job-{n}": now_ms - 60_000 + n * 100 for n in range(250)})   # 60 s, 59.9 s...
+    await redis.zadd(RECORDER_QUEUE, {"deferred": now_ms + 60_000})                                   # not due
+    for n in range(150):                                     # what arq marks a job a worker has taken with
+        await redis.set(in_progress_key_prefix + f"job-{n}", "1")
+    snapshot = await metrics.Snapshot.read(redis)
+    assert (snapshot.queue_depth["recorder"], snapshot.queue_due["recorder"]) == (251, 250)
+    assert 45 <= snapshot.queue_oldest_s["recorder"] < 46                                        # job-150's age
+
+    for n in range(150, 250):
+        await redis.set(in_progress_key_prefix + f"job-{n}", "1")
+    assert (await metrics.Snapshot.read(redis)).queue_oldest_s["recorder"] == 0                   # none waits
+
+    monkeypatch.setattr(metrics, "RUNNING_SCAN", 200)
+    await redis.delete(*(in_progress_key_prefix + f"job-{n}" for n in range(200, 250)))
+    assert 40.1 <= (await metrics.Snapshot.read(redis)).queue_oldest_s["recorder"] < 41    # job-199's, for job-200
 
 
 async def test_intake_counts_reach_redis_within_a_second_without_a_scrape(make_bridge, client, redis) -> None:

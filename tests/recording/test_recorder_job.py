@@ -17,6 +17,7 @@ from tests.conftest import default_config, wait_until
 from tests.fakes.server import serve
 from tests.providers.owt.sim import OwtSim
 from tests.recording.conftest import CUT_TOLERANCE_S, FPS, GOP_S, SOURCE_SECONDS, choice, ffmpeg_pids, running
+from tests.test_metrics import scrape, value
 
 LESSON = {"id": "c12-l7", "title": "Algebra I"}
 LONG_SECONDS = 40
@@ -118,6 +119,20 @@ async def test_pull_recording_start_and_stop_from_another_process(make_bridge, c
     # At least what FFmpeg had reported when the stop was sent; stopped long before the source's end.
     assert 4 - CUT_TOLERANCE_S <= duration < LONG_SECONDS - 10
     assert Path(completed["data"]["file"]).is_relative_to(tmp_path / "recordings")
+
+
+async def test_a_recording_under_way_is_no_job_left_waiting(make_bridge, client, redis, receiver, tmp_path,
+                                                          long_source, ffbin) -> None:
+    """The recorder queue runs on arq's own protocol, which keeps a running job in its queue: a recording
+    supervised for an hour must not read on /metrics as a job that has waited an hour for a recorder."""
+    hook, hook_url = receiver
+    bridge = make_bridge(recorder_config(tmp_path, hook_url, ffbin))
+    bridge.start_worker("recorder")
+    await recording_under_way(client, bridge, redis, hook, long_source, seconds=2)
+    samples = await scrape(client, bridge.base_url)
+    assert value(samples, "bridge_queue_depth", queue="recorder") == 1
+    assert value(samples, "bridge_queue_due", queue="recorder") == 1                    # due, and running
+    assert value(samples, "bridge_queue_oldest_due_seconds", queue="recorder") == 0
 
 
 async def test_source_that_ends_completes_with_its_full_length(make_bridge, client, redis, receiver, tmp_path,
