@@ -8,38 +8,53 @@ library. Request bodies are built before the clock starts; raw keep-alive socket
   burst    N joins (default 2,000) over 10 lessons, all sent at once (100 connections): time from the
            first send to the last join.ready, p50/p99 per join (its send → its join.ready)
   steady   200 joins/s for ~10 s: p50/p99 per join
-per case: worker CPU ms per join (the worker process's user+system time, /proc via psutil), Redis
-commands per join (INFO stats total_commands_processed), Redis bytes per join once every delivery
-has succeeded and every job has finished (INFO memory used_memory), lost and duplicated join.ready.
+  backlog  N joins (default 20,000) paced at 1,000/s, the rate intake's p99 target is stated at and
+           several times what one worker drains, so a backlog of thousands builds while it drains:
+           the 202s' p50/p99, join.ready per second over the draining period (min/median, against the
+           steady case's delivered rate), peak RSS of the web and worker processes (every 0.2 s) and
+           of Redis (used_memory), and, every 0.5 s from GET /metrics, the worker queue's depth and the
+           age of its oldest due job, each checked against what the bench itself saw (sent minus
+           delivered; the oldest join sent and not yet delivered)
+per case: the 202s' p50/p99 (send → answer on one keep-alive connection), worker CPU ms per join (the
+worker process's user+system time, /proc via psutil), Redis commands per join (INFO stats
+total_commands_processed), Redis bytes per join once every delivery has succeeded and every job has
+finished (INFO memory used_memory), lost and duplicated join.ready.
 
 The floor, measured in the same run: one RS256 signature (PyJWT, loaded key), one signed POST to the
 same receiver the way the worker sends it (bridge.webhooks.attempt, in its own process), one
 no-op job on the bridge's worker (LeanWorker, the worker's settings) and on arq's own Worker: CPU and Redis
 commands per job.
 
-Run: make bench-join   (or .venv/bin/python bench/join_storm.py --joins 500 --steady-s 5 for a short run)
+Run: make bench-join   (or .venv/bin/python bench/join_storm.py --joins 500 --steady-s 5 --backlog 0 for a
+short run)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
+import contextlib
+import math
 import os
+import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import httpx  # noqa: E402
 import jwt  # noqa: E402
 import orjson  # noqa: E402
 import psutil  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 from arq.constants import job_key_prefix  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from standardwebhooks import Webhook  # noqa: E402
 
 from bench.attendance import APP_ID, HOOK_SECRET, exchange, start, start_stack  # noqa: E402
@@ -51,8 +66,16 @@ from bridge.store import JOB_EXPIRES_MS, WORKER_QUEUE, arq_payload  # noqa: E402
 LESSONS = 10
 BURST_CONNECTIONS = 100
 STEADY_CONNECTIONS = 20
+BACKLOG_CONNECTIONS = 50        # as bench/ingest.py measures intake's p99 at 1,000/s
+RSS_EVERY_S = 0.2
+WINDOW_S = 10.0                 # the backlog case's timeline
+SCRAPE_EVERY_S = 0.5
+MIB = 1024 * 1024
+TARGETS = {"burst_s": 3.0, "cpu_ms": 1.3, "commands": 20.0, "steady_p99_ms": 50.0, "bytes": 1536.0,
+           "intake_p99_ms": 10.0, "rss_growth_mib": 32.0}
+# A process keeping as little as 1.6 KB per queued join would grow 32 MiB over a 20,000-join backlog: a
+# process whose peak RSS stays within that of its RSS before the case holds no per-backlog state.
 FLOOR_COUNT = 1000
-TARGETS = {"burst_s": 3.0, "cpu_ms": 1.3, "commands": 20.0, "steady_p99_ms": 50.0, "bytes": 1536.0}
 
 # The floor's POST: bridge.webhooks.attempt (sign, destination check, one POST straight through the
 # workers' transport), as many at a time as the transport lets in flight to one origin; prints CPU ms per POST.
@@ -151,27 +174,35 @@ def scheduled_request(n: int) -> bytes:
             b"Content-Length: %d\r\n\r\n" % len(body)) + body
 
 
-async def send(port: int, requests: asyncio.Queue[tuple[str, bytes] | None], sent: dict[str, float],
-               statuses: dict[int, int]) -> None:
+@dataclass
+class Posted:
+    """When each request went out and when its answer came back (perf_counter), and the answers' statuses."""
+
+    sent: dict[str, float] = field(default_factory=dict)
+    answered: dict[str, float] = field(default_factory=dict)
+    statuses: dict[int, int] = field(default_factory=dict)
+
+
+async def send(port: int, requests: asyncio.Queue[tuple[str, bytes] | None], posted: Posted) -> None:
     """One keep-alive connection: POST what the queue hands out until it hands out None."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         while (item := await requests.get()) is not None:
             event_id, request = item
-            sent[event_id] = time.perf_counter()
+            posted.sent[event_id] = time.perf_counter()
             status = await exchange(reader, writer, request)
-            statuses[status] = statuses.get(status, 0) + 1
+            posted.answered[event_id] = time.perf_counter()
+            posted.statuses[status] = posted.statuses.get(status, 0) + 1
     finally:
         writer.close()
 
 
 async def post_all(port: int, requests: list[tuple[str, bytes]], connections: int,
-                   rate: float | None = None) -> tuple[dict[str, float], dict[int, int]]:
+                   rate: float | None = None) -> Posted:
     """POST every request (paced at `rate` per second if given) over `connections` keep-alive sockets."""
     queue: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
-    sent: dict[str, float] = {}
-    statuses: dict[int, int] = {}
-    senders = [asyncio.create_task(send(port, queue, sent, statuses)) for _ in range(connections)]
+    posted = Posted()
+    senders = [asyncio.create_task(send(port, queue, posted)) for _ in range(connections)]
     started = time.perf_counter()
     for n, request in enumerate(requests):
         if rate:
@@ -182,7 +213,7 @@ async def post_all(port: int, requests: list[tuple[str, bytes]], connections: in
     for _ in senders:
         queue.put_nowait(None)
     await asyncio.gather(*senders)
-    return sent, statuses
+    return posted
 
 
 @dataclass
@@ -190,22 +221,32 @@ class Counters:
     commands: int
     memory: int
     cpu_s: float
+    by_command: dict[str, int]       # INFO commandstats: calls of each command
 
 
 async def counters(redis: aioredis.Redis, process: psutil.Process) -> Counters:
-    stats, memory = await redis.info("stats"), await redis.info("memory")
+    stats, memory, by_command = await redis.info("stats"), await redis.info("memory"), await redis.info("commandstats")
     cpu = process.cpu_times()
-    return Counters(stats["total_commands_processed"], memory["used_memory"], cpu.user + cpu.system)
+    return Counters(stats["total_commands_processed"], memory["used_memory"], cpu.user + cpu.system,
+                    {name.removeprefix("cmdstat_"): calls["calls"] for name, calls in by_command.items()})
 
 
 async def settled(redis: aioredis.Redis, timeout_s: float = 60) -> None:
     """Every job finished (queue empty, nothing in progress), so the counters hold whole jobs."""
     deadline = time.monotonic() + timeout_s
-    while await redis.zcard(WORKER_QUEUE) or [k async for k in redis.scan_iter("arq:in-progress:*", count=1000)]:
+    # A job leaves its queue only once its in-progress key is gone (arq: one transaction; LeanWorker: DEL,
+    # then ZREM, in one pipeline), so an empty queue means none runs. A SCAN for in-progress keys would walk
+    # every key (20,000 joins leave ~200,000) on each look, and be counted as the case's commands.
+    while await redis.zcard(WORKER_QUEUE):
         if time.monotonic() > deadline:
             raise SystemExit("jobs did not finish")
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.3)       # the worker's last bookkeeping after its queue emptied
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] if ordered else float("nan")
 
 
 @dataclass
@@ -215,32 +256,265 @@ class Case:
     wall_s: float
     p50_ms: float
     p99_ms: float
+    intake_p50_ms: float
+    intake_p99_ms: float
     cpu_ms: float
     commands: float
     bytes_per_join: float
     lost: int
+    duplicates: int
     statuses: dict[int, int]
+    by_command: dict[str, float]     # Redis calls of each command per join
+    first_send: float = field(repr=False)
+    posted: Posted = field(repr=False)
+    arrived: dict[str, float] = field(repr=False)
+
+    @property
+    def delivered_per_s(self) -> float:
+        """join.ready per second from the first send to the last join.ready."""
+        return len(self.arrived) / self.wall_s
+
+
+def tree_rss(process: psutil.Process) -> int:
+    """Bytes resident in a process and its children (a supervisor and the processes it runs are one role)."""
+    total = 0
+    for member in (process, *process.children(recursive=True)):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += member.memory_info().rss
+    return total
+
+
+def cpu_s(process: psutil.Process, children: bool = True) -> float:
+    """User + system CPU seconds of a process, with its children's unless told not to."""
+    total = 0.0
+    for member in (process, *(process.children(recursive=True) if children else ())):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = member.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+@dataclass
+class Tick:
+    """One look at the machine: cumulative CPU seconds of each watched process, of the whole machine's busy
+    time and of the time the hypervisor gave to someone else (steal)."""
+
+    at: float
+    cpu: dict[str, float]
+    machine: float
+    steal: float
+
+
+@dataclass
+class Scrape:
+    """One GET /metrics and, right after it, Redis's INFO."""
+
+    at: float                                   # perf_counter when the answer was in
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float]
+    used_memory: int
+    commands: int
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.samples.get((name, frozenset(labels.items())), 0.0)
+
+    def total(self, name: str, **labels: str) -> float:
+        """The sum over every sample of `name` whose labels include `labels`."""
+        wanted = set(labels.items())
+        return sum(v for (n, have), v in self.samples.items() if n == name and wanted <= have)
+
+
+def last_before(samples: list[Any], at: float) -> Any:
+    """The last of `samples` (ordered by .at) taken at or before `at`, else the first."""
+    return samples[max(0, bisect.bisect_right([s.at for s in samples], at) - 1)]
+
+
+class Watch:
+    """What the backlog case looks at while it runs: every RSS_EVERY_S the RSS and CPU time of each process
+    (with its children) and of the machine; every SCRAPE_EVERY_S GET /metrics and Redis's INFO. The CPU
+    times tell a worker starved by its neighbours on a shared machine from one slowing down by itself."""
+
+    def __init__(self, port: int, redis: aioredis.Redis, processes: dict[str, psutil.Process],
+                 neighbours: dict[str, psutil.Process]) -> None:
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.redis, self.processes = redis, processes
+        self.neighbours = neighbours         # each alone: this process's children are the bridge's
+        self.rss_before: dict[str, int] = {}
+        self.rss_peak: dict[str, int] = {}
+        self.ticks: list[Tick] = []
+        self.scrapes: list[Scrape] = []
+        self.http = httpx.AsyncClient(timeout=10)
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def look(self) -> None:
+        for name, process in self.processes.items():
+            self.rss_peak[name] = max(self.rss_peak.get(name, 0), tree_rss(process))
+        machine = psutil.cpu_times()
+        cpu = {**{name: cpu_s(process) for name, process in self.processes.items()},
+               **{name: cpu_s(process, children=False) for name, process in self.neighbours.items()}}
+        self.ticks.append(Tick(time.perf_counter(), cpu, machine.user + machine.nice + machine.system + machine.irq
+                               + machine.softirq, machine.steal))
+
+    async def scrape(self) -> None:
+        answer = await self.http.get(self.url)
+        answer.raise_for_status()
+        at = time.perf_counter()
+        info = await self.redis.info()
+        self.scrapes.append(Scrape(at, {(s.name, frozenset(s.labels.items())): s.value
+                                        for family in text_string_to_metric_families(answer.text)
+                                        for s in family.samples},
+                                   info["used_memory"], info["total_commands_processed"]))
+
+    async def _every(self, seconds: float, look: Any) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            if asyncio.iscoroutine(outcome := look()):
+                await outcome
+
+    async def start(self) -> None:
+        self.rss_before = {name: tree_rss(process) for name, process in self.processes.items()}
+        self.look()
+        await self.scrape()
+        self.tasks = [asyncio.create_task(self._every(RSS_EVERY_S, self.look)),
+                      asyncio.create_task(self._every(SCRAPE_EVERY_S, self.scrape))]
+
+    async def stop(self) -> None:
+        """After the case has settled: one last look, so the counters hold every job the case ran."""
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.look()
+        await self.scrape()
+        await self.http.aclose()
+
+    def cpu_s(self, name: str) -> float:
+        return self.ticks[-1].cpu[name] - self.ticks[0].cpu[name]
+
+    @property
+    def redis_peak(self) -> int:
+        return max(s.used_memory for s in self.scrapes)
 
 
 async def run_case(name: str, port: int, redis: aioredis.Redis, worker: psutil.Process, receiver: Receiver,
-                   run: str, joins: int, connections: int, rate: float | None) -> Case:
+                   run: str, joins: int, connections: int, rate: float | None, watch: Watch | None = None) -> Case:
     requests = [join_request(run, n) for n in range(joins)]
     receiver.expect([event_id for event_id, _ in requests])
+    duplicates = receiver.duplicates
     before = await counters(redis, worker)
+    if watch:
+        await watch.start()
     first_send = time.perf_counter()
-    sent, statuses = await post_all(port, requests, connections, rate)
+    posted = await post_all(port, requests, connections, rate)
     try:
         await asyncio.wait_for(receiver.all_arrived.wait(), timeout=120 + joins / 50)
     except TimeoutError:
         pass
+    sent = posted.sent
     arrived = {event_id: receiver.arrived[event_id] for event_id in sent if event_id in receiver.arrived}
     await settled(redis)
+    if watch:
+        await watch.stop()
     after = await counters(redis, worker)
-    delays = sorted((arrived[event_id] - sent[event_id]) * 1000 for event_id in arrived)
+    delays = [(arrived[event_id] - sent[event_id]) * 1000 for event_id in arrived]
+    intake = [(answered - sent[event_id]) * 1000 for event_id, answered in posted.answered.items()]
     return Case(name, joins, max(arrived.values()) - first_send if arrived else float("nan"),
-                delays[len(delays) // 2], delays[min(len(delays) - 1, int(len(delays) * 0.99))],
+                percentile(delays, 0.5), percentile(delays, 0.99), percentile(intake, 0.5), percentile(intake, 0.99),
                 (after.cpu_s - before.cpu_s) * 1000 / joins, (after.commands - before.commands) / joins,
-                (after.memory - before.memory) / joins, joins - len(arrived), statuses)
+                (after.memory - before.memory) / joins, joins - len(arrived), receiver.duplicates - duplicates,
+                posted.statuses, {name: (calls - before.by_command.get(name, 0)) / joins
+                                  for name, calls in after.by_command.items()}, first_send, posted, arrived)
+
+
+class Window(NamedTuple):
+    """Ten seconds of the backlog case (the last one may be shorter)."""
+
+    begin_s: float               # from the first send
+    delivered_per_s: float       # join.ready
+    worker_cores: float          # the worker's CPU time over the window's length
+    worker_ms_per_join: float
+    commands_per_join: float     # every Redis command (intake's too while joins are sent), per join.ready
+    depth: float                 # bridge_queue_depth{queue="worker"} at the window's end
+    others_cores: float          # the machine's busy time less this bench's processes: other work sharing it
+    steal_cores: float           # time the hypervisor gave to other machines
+
+
+@dataclass
+class Backlog:
+    """The backlog case's own measures, from its Case and what its Watch saw."""
+
+    case: Case
+    send_rate: float                 # requests per second the sender achieved (paced at the asked rate)
+    send_s: float                    # first send to last send
+    per_second: list[int]            # join.ready per full second of the draining period, from second 1
+    watch: Watch
+    max_depth: float                 # bridge_queue_depth{queue="worker"}, highest scraped
+    max_due: float
+    max_depth_seen: int              # the bench's own view: joins answered minus join.ready arrived
+    max_oldest_s: float              # bridge_queue_oldest_due_seconds{queue="worker"}, highest scraped
+    max_oldest_seen_s: float         # the bench's own view: the oldest join sent and not yet delivered
+    oldest_off_s: float              # the largest gap between the two over the scrapes
+    deliver_jobs: int                # deliver_webhook jobs run during the case (a busy endpoint's waits)
+    deliver_waiting: int             # of which found the endpoint busy again
+
+    @classmethod
+    def of(cls, case: Case, watch: Watch) -> Backlog:
+        start, sent, answered, arrived = case.first_send, case.posted.sent, case.posted.answered, case.arrived
+        offsets = sorted(t - start for t in arrived.values())
+        # Second 0 holds the backlog's first moments and the last second is partial: both left out.
+        buckets = [0] * int(offsets[-1]) if offsets else []
+        for offset in offsets:
+            if 1 <= offset < len(buckets):
+                buckets[int(offset)] += 1
+        by_send = sorted(sent, key=sent.__getitem__)
+        oldest_seen, oldest_off, depth_seen = [], 0.0, []
+        for scrape in watch.scrapes:
+            waiting = next((e for e in by_send if sent[e] <= scrape.at and arrived.get(e, math.inf) > scrape.at), None)
+            seen = scrape.at - sent[waiting] if waiting else 0.0
+            oldest_seen.append(seen)
+            oldest_off = max(oldest_off, abs(scrape.value("bridge_queue_oldest_due_seconds", queue="worker") - seen))
+            depth_seen.append(sum(1 for t in answered.values() if t <= scrape.at)
+                              - sum(1 for t in arrived.values() if t <= scrape.at))
+        first, last = watch.scrapes[0], watch.scrapes[-1]
+
+        def runs(**status: str) -> int:
+            return int(last.total("bridge_jobs_total", function="deliver_webhook", **status)
+                       - first.total("bridge_jobs_total", function="deliver_webhook", **status))
+
+        send_s = max(sent.values()) - start
+        return cls(case, len(sent) / send_s, send_s, buckets[1:], watch,
+                   max(s.value("bridge_queue_depth", queue="worker") for s in watch.scrapes),
+                   max(s.value("bridge_queue_due", queue="worker") for s in watch.scrapes),
+                   max(depth_seen), max(s.value("bridge_queue_oldest_due_seconds", queue="worker")
+                                        for s in watch.scrapes),
+                   max(oldest_seen), oldest_off, runs(), runs(status="waiting"))
+
+    def window(self, begin: float, end: float) -> Window:
+        """From `begin` to `end` seconds after the first send."""
+        case, ticks, scrapes = self.case, self.watch.ticks, self.watch.scrapes
+        arrivals = sorted(t - case.first_send for t in case.arrived.values())
+        joins = max(1, bisect.bisect_right(arrivals, end) - bisect.bisect_right(arrivals, begin))
+        t0, t1 = last_before(ticks, case.first_send + begin), last_before(ticks, case.first_send + end)
+        s0, s1 = last_before(scrapes, case.first_send + begin), last_before(scrapes, case.first_send + end)
+        span = max(t1.at - t0.at, RSS_EVERY_S)
+        worker = t1.cpu["worker"] - t0.cpu["worker"]
+        ours = sum(t1.cpu.values()) - sum(t0.cpu.values())
+        return Window(begin, joins / (end - begin), worker / span, worker * 1000 / joins,
+                      (s1.commands - s0.commands) / joins, s1.value("bridge_queue_depth", queue="worker"),
+                      (t1.machine - t0.machine - ours) / span, (t1.steal - t0.steal) / span)
+
+    def timeline(self, window_s: float = WINDOW_S) -> list[Window]:
+        windows, begin, wall_s = [], 0.0, self.case.wall_s
+        while begin < wall_s:
+            # A last stretch shorter than half a window joins the one before it.
+            end = wall_s if wall_s - begin < 1.5 * window_s else begin + window_s
+            windows.append(self.window(begin, end))
+            begin = end
+        return windows
+
+    def drain_halves(self) -> tuple[Window, Window]:
+        """After the last send (the worker alone drains), the first half against the second: a per-join cost
+        that grew with the queue's depth shows as a first half dearer than the second."""
+        middle = (self.send_s + self.case.wall_s) / 2
+        return self.window(self.send_s, middle), self.window(middle, self.case.wall_s)
 
 
 def rs256_floor_ms(key: Any) -> float:
@@ -289,12 +563,13 @@ async def noop_floor(redis: aioredis.Redis, env: dict[str, str], work: Path, pro
         await redis.flushall()
 
 
-async def main_async(args: argparse.Namespace) -> tuple[list[Case], dict[str, float]]:
+async def main_async(args: argparse.Namespace) -> tuple[list[Case], Backlog | None, dict[str, float]]:
     receiver = Receiver()
     work, server, redis, hook, env = await start_stack("bench-join-storm-", receiver.handle)
     key = serialization.load_pem_private_key((work / "jaas.pem").read_bytes(), None)
     port = free_port()
     processes = []
+    backlog = None
     try:
         floor = {"rs256_ms": rs256_floor_ms(key), "post_ms": await post_floor_ms(env, work)}
         floor["noop_ms"], floor["noop_commands"] = await noop_floor(redis, env, work, "lean")
@@ -308,7 +583,7 @@ async def main_async(args: argparse.Namespace) -> tuple[list[Case], dict[str, fl
         if not wait_for_port(port, 30):
             raise SystemExit("bridge serve did not start")
         await wait_worker(redis)
-        worker = psutil.Process(processes[1].pid)
+        web, worker = (psutil.Process(process.pid) for process in processes)
         # The lessons were scheduled before class; a first round of joins warms both processes up.
         await post_all(port, [(f"schedule-{n}", scheduled_request(n)) for n in range(LESSONS)], 1)
         await run_case("warm-up", port, redis, worker, receiver, "warm", min(500, args.joins), BURST_CONNECTIONS, None)
@@ -316,6 +591,14 @@ async def main_async(args: argparse.Namespace) -> tuple[list[Case], dict[str, fl
                                 args.joins, BURST_CONNECTIONS, None),
                  await run_case(f"steady {args.rate:.0f}/s for {args.steady_s:.0f} s", port, redis, worker, receiver,
                                 "steady", int(args.rate * args.steady_s), STEADY_CONNECTIONS, args.rate)]
+        if args.backlog:
+            redis_server = psutil.Process(server.process.pid) if server.process else psutil.Process()
+            watch = Watch(port, redis, {"web": web, "worker": worker},
+                          {"redis": redis_server, "bench": psutil.Process()})
+            case = await run_case(f"backlog of {args.backlog}, sent at {args.backlog_rate:.0f}/s", port, redis, worker,
+                                  receiver, "backlog", args.backlog, BACKLOG_CONNECTIONS, args.backlog_rate, watch)
+            cases.append(case)
+            backlog = Backlog.of(case, watch)
     finally:
         for process in processes:
             process.terminate()
@@ -326,36 +609,97 @@ async def main_async(args: argparse.Namespace) -> tuple[list[Case], dict[str, fl
         server.stop()
     if receiver.bad_signatures:
         raise SystemExit(f"{receiver.bad_signatures} webhooks failed signature verification")
-    report(cases, floor, receiver.duplicates)
-    return cases, floor
+    report(cases, backlog, floor, receiver.duplicates)
+    return cases, backlog, floor
 
 
-def report(cases: list[Case], floor: dict[str, float], duplicates: int) -> None:
+def verdicts(checks: list[tuple[str, float, float, str, bool]]) -> None:
+    """One line per target: (what, value, target, unit, whether the target is a floor rather than a ceiling)."""
+    for what, value, target, unit, at_least in checks:
+        met = value >= target if at_least else value <= target
+        verdict = "ok" if met else ("BELOW TARGET" if at_least else "ABOVE TARGET")
+        print(f"{what}: {value:.2f} {unit} (target {'>=' if at_least else '<='} {target:g} {unit}: {verdict}); "
+              f"ratio to target {value / target:.2f}")
+
+
+def report(cases: list[Case], backlog: Backlog | None, floor: dict[str, float], duplicates: int) -> None:
     print("\nJoin storm: JaaS, one `bridge serve`, ONE `bridge worker`, embedded Redis (AOF always), "
           "signatures verified at the receiver\n")
-    print("| case | first send → last join.ready | p50 ms | p99 ms | worker CPU ms/join | Redis commands/join "
-          "| Redis bytes/join | lost | intake statuses |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| case | first send → last join.ready | p50 ms | p99 ms | 202 p50 / p99 ms | worker CPU ms/join "
+          "| Redis commands/join | Redis bytes/join | lost / duplicated | intake statuses |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for case in cases:
-        print(f"| {case.name} | {case.wall_s:.2f} s | {case.p50_ms:.1f} | {case.p99_ms:.1f} | {case.cpu_ms:.2f} "
-              f"| {case.commands:.1f} | {case.bytes_per_join:.0f} | {case.lost} | {case.statuses} |")
+        print(f"| {case.name} | {case.wall_s:.2f} s | {case.p50_ms:.1f} | {case.p99_ms:.1f} "
+              f"| {case.intake_p50_ms:.2f} / {case.intake_p99_ms:.2f} | {case.cpu_ms:.2f} | {case.commands:.1f} "
+              f"| {case.bytes_per_join:.0f} | {case.lost} / {case.duplicates} | {case.statuses} |")
     parts = floor["rs256_ms"] + floor["post_ms"] + floor["noop_ms"]
     print(f"\nfloor: RS256 signature {floor['rs256_ms']:.2f} ms + signed POST {floor['post_ms']:.2f} ms "
           f"+ no-op job {floor['noop_ms']:.2f} ms = {parts:.2f} ms CPU; a no-op job alone makes "
           f"{floor['noop_commands']:.1f} Redis commands (arq's own Worker: {floor['arq_noop_ms']:.2f} ms, "
           f"{floor['arq_noop_commands']:.1f} commands)")
-    burst, steady = cases
+    burst, steady = cases[:2]
     print(f"duplicated join.ready: {duplicates}")
-    checks = [("burst delivered", burst.wall_s, TARGETS["burst_s"], "s"),
-              ("worker CPU per join (burst)", burst.cpu_ms, TARGETS["cpu_ms"], "ms"),
-              ("Redis commands per join (burst)", burst.commands, TARGETS["commands"], ""),
-              ("steady p99", steady.p99_ms, TARGETS["steady_p99_ms"], "ms"),
-              ("Redis bytes per join (burst, delivered)", burst.bytes_per_join, TARGETS["bytes"], "B")]
-    for what, value, target, unit in checks:
-        verdict = "ok" if value <= target else "ABOVE TARGET"
-        print(f"{what}: {value:.2f} {unit} (target <= {target:g} {unit}: {verdict}); "
-              f"ratio to target {value / target:.2f}")
+    checks = [("burst delivered", burst.wall_s, TARGETS["burst_s"], "s", False),
+              ("worker CPU per join (burst)", burst.cpu_ms, TARGETS["cpu_ms"], "ms", False),
+              ("Redis commands per join (burst)", burst.commands, TARGETS["commands"], "", False),
+              ("steady p99", steady.p99_ms, TARGETS["steady_p99_ms"], "ms", False),
+              ("Redis bytes per join (burst, delivered)", burst.bytes_per_join, TARGETS["bytes"], "B", False)]
+    verdicts(checks)
     print(f"worker CPU per join / floor = {burst.cpu_ms / parts:.2f}")
+    if backlog:
+        report_backlog(backlog, burst, steady)
+
+
+def report_backlog(backlog: Backlog, burst: Case, steady: Case) -> None:
+    case, watch, rates = backlog.case, backlog.watch, backlog.per_second
+    print(f"\nbacklog: {case.joins} joins sent at {backlog.send_rate:.0f}/s over {backlog.send_s:.1f} s, last "
+          f"join.ready after {case.wall_s:.1f} s; 202 p50 {case.intake_p50_ms:.2f} ms, p99 {case.intake_p99_ms:.2f} ms")
+    # Seconds 1, 2, ... : second k ends k + 1 s after the first send; those ending by the last send shared
+    # the machine's cores with intake at full rate.
+    sending = rates[:max(0, int(backlog.send_s) - 1)]
+    for what, part in (("while draining", rates), ("  while the joins were still being sent", sending),
+                       ("  after the last send", rates[len(sending):])):
+        if part:
+            print(f"join.ready per second {what} ({len(part)} full seconds): min {min(part)}, "
+                  f"median {statistics.median(part):.0f}, max {max(part)}")
+    print(f"steady case delivered {steady.delivered_per_s:.0f}/s, the burst drained at {burst.delivered_per_s:.0f}/s")
+    print("  per second: " + " ".join(str(rate) for rate in rates))
+    print(f"CPU over the case ({case.wall_s:.0f} s), in cores: " + ", ".join(
+        f"{name} {watch.cpu_s(name) / case.wall_s:.2f}" for name in watch.ticks[0].cpu))
+    print(f"\n| from s | join.ready/s | worker cores | worker CPU ms/join | Redis commands/join | queue depth "
+          f"at end | other work on the machine, cores | steal, cores |\n|{'---|' * 8}")
+    for w in backlog.timeline():
+        print(f"| {w.begin_s:.0f} | {w.delivered_per_s:.0f} | {w.worker_cores:.2f} | {w.worker_ms_per_join:.2f} "
+              f"| {w.commands_per_join:.1f} | {w.depth:.0f} | {w.others_cores:.2f} | {w.steal_cores:.2f} |")
+    deep, shallow = backlog.drain_halves()
+    print(f"\nafter the last send, per join.ready: worker CPU {deep.worker_ms_per_join:.2f} ms and "
+          f"{deep.commands_per_join:.1f} Redis commands while the queue was deepest (first half of the drain), "
+          f"{shallow.worker_ms_per_join:.2f} ms and {shallow.commands_per_join:.1f} in the second half; the burst "
+          f"of {burst.joins}: {burst.cpu_ms:.2f} ms and {burst.commands:.1f} (intake's accept call included)")
+    redis_before, redis_after = watch.scrapes[0].used_memory, watch.scrapes[-1].used_memory
+    print("\nRSS before → peak (MiB): " + ", ".join(
+        f"{name} {watch.rss_before[name] / MIB:.1f} → {watch.rss_peak[name] / MIB:.1f}" for name in watch.processes)
+        + f"; Redis used_memory {redis_before / MIB:.1f} → peak {watch.redis_peak / MIB:.1f} → after "
+        f"{redis_after / MIB:.1f} MiB ({(watch.redis_peak - redis_before) / max(1, backlog.max_depth):.0f} "
+        f"B per job at the deepest queue)")
+    print(f"/metrics every {SCRAPE_EVERY_S} s ({len(watch.scrapes)} scrapes): bridge_queue_depth{{worker}} max "
+          f"{backlog.max_depth:.0f} (due {backlog.max_due:.0f}; the bench's own count, answered minus delivered: "
+          f"{backlog.max_depth_seen}); bridge_queue_oldest_due_seconds{{worker}} max {backlog.max_oldest_s:.2f} s "
+          f"(the oldest join sent and not yet delivered, running ones included: {backlog.max_oldest_seen_s:.2f} s; "
+          f"largest gap between the two at one scrape {backlog.oldest_off_s:.2f} s)")
+    changed = {name: (burst.by_command.get(name, 0.0), per_join) for name, per_join in case.by_command.items()
+               if abs(per_join - burst.by_command.get(name, 0.0)) >= 0.1}
+    print("Redis commands per join that differ from the burst (burst → backlog): " + ", ".join(
+        f"{name} {was:.2f} → {now:.2f}" for name, (was, now) in sorted(changed.items())))
+    print(f"deliver_webhook jobs run during the case: {backlog.deliver_jobs} (each a first attempt that found the "
+          f"endpoint busy, {backlog.deliver_waiting} of them busy again)")
+    verdicts([("202 p99 during the backlog", case.intake_p99_ms, TARGETS["intake_p99_ms"], "ms", False),
+              ("join.ready per second while draining, lowest second", min(rates, default=0),
+               steady.delivered_per_s, "/s", True),
+              *((f"{name} RSS growth, peak over before", (watch.rss_peak[name] - watch.rss_before[name]) / MIB,
+                 TARGETS["rss_growth_mib"], "MiB", False) for name in watch.processes)])
+    print(f"lost / duplicated join.ready (backlog): {case.lost} / {case.duplicates} "
+          f"(target 0 / 0: {'ok' if case.lost == case.duplicates == 0 else 'MISSED'})")
 
 
 def main() -> None:
@@ -363,6 +707,8 @@ def main() -> None:
     parser.add_argument("--joins", type=int, default=2000, help="joins in the burst")
     parser.add_argument("--rate", type=float, default=200, help="joins/s in the steady case")
     parser.add_argument("--steady-s", type=float, default=10, help="seconds of the steady case")
+    parser.add_argument("--backlog", type=int, default=20000, help="joins in the backlog case (0 skips it)")
+    parser.add_argument("--backlog-rate", type=float, default=1000, help="joins/s the backlog case sends")
     parser.add_argument("--profile", type=os.path.abspath,
                         help="run the worker under cProfile, writing its stats to this file")
     asyncio.run(main_async(parser.parse_args()))
