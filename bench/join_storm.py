@@ -16,7 +16,7 @@ library. Request bodies are built before the clock starts; raw keep-alive socket
            age of its oldest due job, each checked against what the bench itself saw (sent minus
            delivered; the oldest join sent and not yet delivered)
 per case: the 202s' p50/p99 (send → answer on one keep-alive connection), worker CPU ms per join (the
-worker process's user+system time, /proc via psutil), Redis commands per join (INFO stats
+worker's user+system time, its child processes' too, /proc via psutil), Redis commands per join (INFO stats
 total_commands_processed), Redis bytes per join once every delivery has succeeded and every job has
 finished (INFO memory used_memory), lost and duplicated join.ready.
 
@@ -57,7 +57,7 @@ from cryptography.hazmat.primitives import serialization  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from standardwebhooks import Webhook  # noqa: E402
 
-from bench.attendance import APP_ID, HOOK_SECRET, exchange, start, start_stack  # noqa: E402
+from bench.attendance import APP_ID, HOOK_SECRET, exchange, start, start_stack, stop_stack  # noqa: E402
 from bench.pipeline import NOOP_WORKER, wait_worker  # noqa: E402
 from bench.pipeline import start as start_process  # noqa: E402
 from bridge.processes import free_port, wait_for_port  # noqa: E402
@@ -226,8 +226,7 @@ class Counters:
 
 async def counters(redis: aioredis.Redis, process: psutil.Process) -> Counters:
     stats, memory, by_command = await redis.info("stats"), await redis.info("memory"), await redis.info("commandstats")
-    cpu = process.cpu_times()
-    return Counters(stats["total_commands_processed"], memory["used_memory"], cpu.user + cpu.system,
+    return Counters(stats["total_commands_processed"], memory["used_memory"], cpu_s(process),
                     {name.removeprefix("cmdstat_"): calls["calls"] for name, calls in by_command.items()})
 
 
@@ -465,14 +464,16 @@ class Backlog:
             if 1 <= offset < len(buckets):
                 buckets[int(offset)] += 1
         by_send = sorted(sent, key=sent.__getitem__)
-        oldest_seen, oldest_off, depth_seen = [], 0.0, []
-        for scrape in watch.scrapes:
-            waiting = next((e for e in by_send if sent[e] <= scrape.at and arrived.get(e, math.inf) > scrape.at), None)
-            seen = scrape.at - sent[waiting] if waiting else 0.0
+        answers, arrivals = sorted(answered.values()), sorted(arrived.values())
+        oldest_seen, oldest_off, depth_seen, first_waiting = [], 0.0, [], 0
+        for scrape in watch.scrapes:      # in time order: a join delivered by one scrape is by the next
+            while first_waiting < len(by_send) and arrived.get(by_send[first_waiting], math.inf) <= scrape.at:
+                first_waiting += 1
+            waiting = by_send[first_waiting] if first_waiting < len(by_send) else None
+            seen = scrape.at - sent[waiting] if waiting and sent[waiting] <= scrape.at else 0.0
             oldest_seen.append(seen)
             oldest_off = max(oldest_off, abs(scrape.value("bridge_queue_oldest_due_seconds", queue="worker") - seen))
-            depth_seen.append(sum(1 for t in answered.values() if t <= scrape.at)
-                              - sum(1 for t in arrived.values() if t <= scrape.at))
+            depth_seen.append(bisect.bisect_right(answers, scrape.at) - bisect.bisect_right(arrivals, scrape.at))
         first, last = watch.scrapes[0], watch.scrapes[-1]
 
         def runs(**status: str) -> int:
@@ -565,7 +566,10 @@ async def noop_floor(redis: aioredis.Redis, env: dict[str, str], work: Path, pro
 
 async def main_async(args: argparse.Namespace) -> tuple[list[Case], Backlog | None, dict[str, float]]:
     receiver = Receiver()
-    work, server, redis, hook, env = await start_stack("bench-join-storm-", receiver.handle)
+    stack = await start_stack("bench-join-storm-", receiver.handle)
+    work, server, redis, env = stack.work, stack.server, stack.redis, stack.env
+    # ONE worker process, as the bench has always measured (bridge worker now starts one per core unless told).
+    env = {**env, "WORKER_CONCURRENCY": os.environ.get("WORKER_CONCURRENCY", "1")}
     key = serialization.load_pem_private_key((work / "jaas.pem").read_bytes(), None)
     port = free_port()
     processes = []
@@ -600,13 +604,7 @@ async def main_async(args: argparse.Namespace) -> tuple[list[Case], Backlog | No
             cases.append(case)
             backlog = Backlog.of(case, watch)
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=30)
-        hook.close()
-        await redis.aclose()
-        server.stop()
+        await stop_stack(stack, processes)
     if receiver.bad_signatures:
         raise SystemExit(f"{receiver.bad_signatures} webhooks failed signature verification")
     report(cases, backlog, floor, receiver.duplicates)
@@ -623,8 +621,9 @@ def verdicts(checks: list[tuple[str, float, float, str, bool]]) -> None:
 
 
 def report(cases: list[Case], backlog: Backlog | None, floor: dict[str, float], duplicates: int) -> None:
-    print("\nJoin storm: JaaS, one `bridge serve`, ONE `bridge worker`, embedded Redis (AOF always), "
-          "signatures verified at the receiver\n")
+    workers = os.environ.get("WORKER_CONCURRENCY", "1")
+    print(f"\nJoin storm: JaaS, one `bridge serve`, `bridge worker` with WORKER_CONCURRENCY={workers} (ONE worker "
+          "process unless set), embedded Redis (AOF always), signatures verified at the receiver\n")
     print("| case | first send → last join.ready | p50 ms | p99 ms | 202 p50 / p99 ms | worker CPU ms/join "
           "| Redis commands/join | Redis bytes/join | lost / duplicated | intake statuses |")
     print("|---|---|---|---|---|---|---|---|---|---|")
