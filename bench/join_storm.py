@@ -341,6 +341,7 @@ class Watch:
         self.rss_peak: dict[str, int] = {}
         self.ticks: list[Tick] = []
         self.scrapes: list[Scrape] = []
+        self.stalls: dict[str, list[int]] = {}     # LATENCY LATEST: event → [latest, max, (sum, count)] ms
         self.http = httpx.AsyncClient(timeout=10)
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -370,6 +371,10 @@ class Watch:
                 await outcome
 
     async def start(self) -> None:
+        # Redis notes every event that blocks its one thread for >= 1 ms: an fsync before each reply
+        # (appendfsync always) shows as aof-fsync-always, the time every client waits for.
+        await self.redis.config_set("latency-monitor-threshold", 1)
+        await self.redis.execute_command("LATENCY", "RESET")
         self.rss_before = {name: tree_rss(process) for name, process in self.processes.items()}
         self.look()
         await self.scrape()
@@ -384,6 +389,9 @@ class Watch:
         self.look()
         await self.scrape()
         await self.http.aclose()
+        self.stalls = {row[0].decode(): [int(v) for v in row[2:]]
+                       for row in await self.redis.execute_command("LATENCY", "LATEST")}
+        await self.redis.config_set("latency-monitor-threshold", 0)
 
     def cpu_s(self, name: str) -> float:
         return self.ticks[-1].cpu[name] - self.ticks[0].cpu[name]
@@ -681,6 +689,10 @@ def report_backlog(backlog: Backlog, burst: Case, steady: Case) -> None:
         + f"; Redis used_memory {redis_before / MIB:.1f} → peak {watch.redis_peak / MIB:.1f} → after "
         f"{redis_after / MIB:.1f} MiB ({(watch.redis_peak - redis_before) / max(1, backlog.max_depth):.0f} "
         f"B per job at the deepest queue)")
+    print("Redis thread blocked >= 1 ms during the case (LATENCY LATEST: max ms, and Valkey's count and total): "
+          + ", ".join(f"{event} max {values[1]}" + (f", {values[3]} times, {values[2] / 1000:.1f} s in all"
+                                                     if len(values) >= 4 else "")
+                      for event, values in sorted(watch.stalls.items())))
     print(f"/metrics every {SCRAPE_EVERY_S} s ({len(watch.scrapes)} scrapes): bridge_queue_depth{{worker}} max "
           f"{backlog.max_depth:.0f} (due {backlog.max_due:.0f}; the bench's own count, answered minus delivered: "
           f"{backlog.max_depth_seen}); bridge_queue_oldest_due_seconds{{worker}} max {backlog.max_oldest_s:.2f} s "
