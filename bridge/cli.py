@@ -92,7 +92,17 @@ def _run_worker(queue: str, every_line: dict[str, Any] | None = None) -> None:
     try:
         worker = (LeanWorker if queue == WORKER_QUEUE else ResilientWorker)(**worker_settings(settings, queue))
         # Started before Redis (a fresh deploy) or during an outage: wait for it as for any outage.
-        worker.loop.run_until_complete(LINK.wait_until_back(worker.pool, OUTAGE_WAIT_S))
+        # arq's SIGTERM/SIGINT handler stops the worker by cancelling `main_task`, which run() creates:
+        # until then this wait stands in for it, and a signal handled before run() ends the process
+        # (nothing has started yet), where it used to be lost and leave a worker that never took a
+        # job nor exited.
+        worker.main_task = worker.loop.create_task(LINK.wait_until_back(worker.pool, OUTAGE_WAIT_S))
+        try:
+            worker.loop.run_until_complete(worker.main_task)
+        except asyncio.CancelledError:
+            return
+        if not worker.allow_pick_jobs:
+            return
         if queue == RECORDER_QUEUE:
             _stop_recordings_on_signal(worker)
         worker.run()

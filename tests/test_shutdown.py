@@ -115,7 +115,10 @@ async def test_worker_sigterm_under_load_finishes_or_hands_back_every_job(make_b
                                                                           tmp_path, worker_concurrency) -> None:
     hook, hook_url = receiver
     config = default_config(tmp_path, hook_url)
-    config.write_text(config.read_text().replace('kind = "sandbox"', 'kind = "sandbox"\ndelay_s = 0.4'))
+    # Attempts get 10 s, not the tests' usual 2: on a loaded machine the receiver (in this process) can
+    # answer a POST after 2 s, and the retry of an attempt it did take would count as a second delivery.
+    config.write_text(config.read_text().replace('kind = "sandbox"', 'kind = "sandbox"\ndelay_s = 0.4')
+                      .replace("timeout_s = 2", "timeout_s = 10"))
     bridge = make_bridge(config)
     bridge.extra_env["WORKER_CONCURRENCY"] = worker_concurrency     # 2: the parent forwards SIGTERM to both
     first = bridge.start_worker()

@@ -8,6 +8,7 @@ start makes the parent give up, a SIGKILLed parent takes its children with it, b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -21,12 +22,17 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from arq.constants import in_progress_key_prefix, job_key_prefix
+from arq.worker import func
 
 from bridge.cli import STOP_TIMEOUT_S
-from bridge.processes import available_cores, cpu_quota
+from bridge.embedded import EmbeddedRedis
+from bridge.processes import available_cores, cpu_quota, free_port
+from bridge.store import WORKER_QUEUE, arq_payload, deserialize_arq, serialize_arq, worker_redis
 from tests.conftest import ROOT, Bridge, children, wait_until, worker_ready
 from tests.fakes.receiver import Receiver
 from tests.test_replay import joined
+from workers.worker import LeanWorker
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -107,6 +113,88 @@ async def test_two_processes_share_the_jobs_a_killed_one_is_replaced_and_sigterm
     await wait_for(lambda: not any(alive(pid) for pid in second), 10)
     [stopped] = [line for line in log_lines(bridge) if line.get("event") == "worker.pool_stopped"]
     assert stopped["signal"] == "SIGTERM" and stopped["clean"] is True and set(stopped["codes"].values()) == {0}
+
+
+async def test_sigterm_while_workers_wait_for_redis_at_start_up_stops_them_at_once(make_bridge) -> None:
+    """A stop signal that lands before arq's main loop exists (a deploy or a pool stopping right after a
+    start) must not be lost: such a worker used to keep waiting, then run without ever taking a job."""
+    bridge = make_bridge()
+    bridge.redis_url = f"redis://127.0.0.1:{free_port()}/0"      # nothing listens there
+    single = bridge.start_worker()
+    bridge.extra_env["WORKER_CONCURRENCY"] = "2"
+    parent = bridge.start_worker()
+    await wait_for(lambda: sum(line.get("event") == "redis.unreachable" for line in log_lines(bridge)) == 3, 30)
+    for process in (single, parent):
+        process.send_signal(signal.SIGTERM)
+    for process in (single, parent):
+        assert await asyncio.to_thread(process.wait, 10) == 0
+
+
+class SlowReplies:
+    """A loopback proxy to Redis that, once armed, holds each reply `delay_s` and notes each claim sent."""
+
+    def __init__(self, upstream_port: int, delay_s: float) -> None:
+        self.upstream_port, self.port, self.delay_s = upstream_port, free_port(), delay_s
+        self.armed = False
+        self.claims_sent = 0
+
+    async def _up(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            if self.armed and b"EVAL" in data:
+                self.claims_sent += 1
+            writer.write(data)
+
+    async def _down(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            if self.armed:
+                await asyncio.sleep(self.delay_s)
+            writer.write(data)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        with contextlib.suppress(ConnectionError, OSError):
+            await asyncio.gather(self._up(reader, up_writer), self._down(up_reader, writer))
+        writer.transport.abort()
+        up_writer.transport.abort()
+
+
+async def test_a_drain_starting_while_a_claim_is_in_flight_runs_the_claimed_jobs(
+        redis_server: EmbeddedRedis, redis: aioredis.Redis) -> None:
+    """An idle worker of a pool told to stop just as its claim reached Redis: the claimed jobs are marked in
+    progress there already, so the worker must run them, not exit and leave them to the mark's lapse
+    (the job timeout + 10 s, minutes)."""
+    proxy = SlowReplies(int(redis_server.url.rsplit(":", 1)[1].split("/")[0]), delay_s=0.5)
+    server = await asyncio.start_server(proxy.handle, "127.0.0.1", proxy.port)
+    ran: list[str] = []
+
+    async def work(ctx: dict[str, Any], job_id: str) -> str:
+        ran.append(job_id)
+        return "ok"
+
+    pool = worker_redis(f"redis://127.0.0.1:{proxy.port}/0", 4, WORKER_QUEUE)
+    worker = LeanWorker(functions=[func(work, name="work", keep_result=0)], redis_pool=pool, poll_delay=0.01,
+                        handle_signals=False, job_completion_wait=10, job_serializer=serialize_arq,
+                        job_deserializer=deserialize_arq)
+    worker.main_task = asyncio.ensure_future(worker.main())
+    try:
+        await wait_for(lambda: worker_ready(redis), 10)
+        proxy.armed = True
+        await asyncio.sleep(0.6)                          # the poll in flight when armed has come back
+        now_ms = int(time.time() * 1000)
+        await redis.set(job_key_prefix + "claimed-1", arq_payload("work", ("claimed-1",), now_ms))
+        await redis.zadd(WORKER_QUEUE, {"claimed-1": now_ms})
+        sent = proxy.claims_sent
+        await wait_for(lambda: proxy.claims_sent > sent and redis.exists(in_progress_key_prefix + "claimed-1"), 5)
+        assert not worker.tasks                           # claimed in Redis, its reply still on the way
+        worker.handle_sig_wait_for_completion(signal.SIGTERM)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(worker.main_task, 15)
+        assert ran == ["claimed-1"]
+        assert not await redis.exists(in_progress_key_prefix + "claimed-1", job_key_prefix + "claimed-1")
+    finally:
+        proxy.armed = False
+        await worker.close()
+        server.close()
 
 
 async def test_a_child_that_keeps_failing_to_start_stops_the_pool_with_exit_1(make_bridge) -> None:

@@ -29,6 +29,21 @@ RETRY_KEY_TTL_S = 88400          # as arq's own try counter
 
 
 class ResilientWorker(Worker):
+    heart_beats = 0              # rounds of the poll loop that got past claiming
+
+    async def heart_beat(self) -> None:
+        self.heart_beats += 1
+        await super().heart_beat()
+
+    async def _sleep_until_tasks_complete(self) -> None:
+        # On SIGTERM arq waits while job tasks exist, then cancels the poll loop. A claim in flight then
+        # has marked its jobs in progress in Redis, with no task yet: cancelled, those jobs would wait
+        # out the mark (job timeout + 10 s). The signal stops new claims, so once the loop reaches its
+        # heartbeat again every claimed job has its task, waited for with the others.
+        heart_beats = self.heart_beats
+        while self.tasks or (self.heart_beats == heart_beats and not LINK.down):  # noqa: ASYNC110 (as arq's)
+            await asyncio.sleep(0.05)
+
     async def _poll_iteration(self) -> None:
         try:
             await super()._poll_iteration()
