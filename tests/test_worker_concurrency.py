@@ -207,7 +207,7 @@ async def test_a_child_that_keeps_failing_to_start_stops_the_pool_with_exit_1(ma
     for pid in first:
         os.kill(pid, signal.SIGKILL)
     # Back-off 1 s then 2 s (then 4 s if the kill came later than STARTUP_S after the start).
-    code = await asyncio.to_thread(parent.wait, 40)
+    code = await asyncio.to_thread(parent.wait, 90)
     assert code == 1
     [giving_up] = [line for line in log_lines(bridge) if line.get("event") == "worker.pool_giving_up"]
     assert giving_up["code"] == 2 and "3 times in a row" in giving_up["reason"], giving_up
