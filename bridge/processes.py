@@ -31,7 +31,9 @@ class Supervised:
     """
 
     STEADY_S = 60           # a child that ran this long before dying starts again at the first back-off step
-    STARTUP_S = 10          # one that died sooner failed while starting (bad configuration, say)
+    # One that died sooner failed while starting (bad configuration, say). Generous: on a loaded 2-core
+    # machine Python took 17 s to start and refuse a bad file, where it usually takes about one.
+    STARTUP_S = 30
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         self.name, self.argv, self.env = name, argv, env
