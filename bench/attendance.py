@@ -198,8 +198,10 @@ async def start_stack(prefix: str, handle: Callable[[asyncio.StreamReader, async
     server = EmbeddedRedis(work / "redis").start()
     hook_port = free_port()
     hook = await asyncio.start_server(handle, "127.0.0.1", hook_port)
+    # ONE worker process (bridge worker would start one per core) unless WORKER_CONCURRENCY says otherwise.
     env = {**os.environ, "REDIS_URL": server.url, "PYTHONPATH": str(ROOT), "BRIDGE_LOG_LEVEL": "WARNING",
-           "BRIDGE_CONFIG": str(config(work, f"http://127.0.0.1:{hook_port}/hook"))}
+           "BRIDGE_CONFIG": str(config(work, f"http://127.0.0.1:{hook_port}/hook")),
+           "WORKER_CONCURRENCY": os.environ.get("WORKER_CONCURRENCY", "1")}
     return Stack(work, server, aioredis.from_url(server.url), hook, env)
 
 

@@ -270,7 +270,8 @@ webhook_url = "http://127.0.0.1:{hook_port}/hook"
 webhook_secret = "{SECRET}"
 allow_private_network = true
 """)
-    env = {**os.environ, "REDIS_URL": redis_server.url, "BRIDGE_CONFIG": str(config), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "REDIS_URL": redis_server.url, "BRIDGE_CONFIG": str(config), "PYTHONPATH": str(ROOT),
+           "WORKER_CONCURRENCY": "1"}      # ONE worker process, as the ceiling's no-op worker is one
     redis = aioredis.from_url(redis_server.url)
     web = worker = None
     try:
