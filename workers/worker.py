@@ -53,19 +53,27 @@ class ResilientWorker(Worker):
             LINK.ok()
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        # One id at a time: when arq's claim of a job fails on Redis, it has already taken a slot
-        # (semaphore + counter) for it and no task will give it back.
+        # One id at a time: when arq's claim of a job fails on Redis, it may have taken a slot
+        # (semaphore + counter) for it that no task will give back. Not always: the failure can come
+        # from the pipeline's reset on the way out, after arq gave the slot back itself (the job was
+        # running elsewhere) or handed it to the job's task; giving it back again raised
+        # "BoundedSemaphore released too many times" and ended the process (a paused Redis did it).
         for job_id in job_ids:
+            counter = self.job_counter
             try:
                 await super().start_jobs([job_id])
             except REDIS_AWAY:
-                self._release_sem_dec_counter_on_complete()
+                self._give_back_slot_if_held(counter, job_id)
                 raise
             except WatchError as exc:
                 # redis-py reports a connection lost while a WATCH is on as WatchError; arq catches it
                 # only around EXEC, not around the EXISTS and ZSCORE it sends while watching.
-                self._release_sem_dec_counter_on_complete()
+                self._give_back_slot_if_held(counter, job_id)
                 raise RedisConnectionError(str(exc)) from exc
+
+    def _give_back_slot_if_held(self, counter_before: int, job_id: bytes) -> None:
+        if self.job_counter > counter_before and job_id.decode() not in self.tasks:
+            self._release_sem_dec_counter_on_complete()
 
     async def run_job(self, job_id: str, score: int) -> None:
         try:
