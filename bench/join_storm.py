@@ -67,6 +67,7 @@ LESSONS = 10
 BURST_CONNECTIONS = 100
 STEADY_CONNECTIONS = 20
 BACKLOG_CONNECTIONS = 50        # as bench/ingest.py measures intake's p99 at 1,000/s
+JOBS_AT_ONCE = 50               # a worker process runs up to 50 jobs at once (max_jobs, workers/settings.py)
 RSS_EVERY_S = 0.2
 WINDOW_S = 10.0                 # the backlog case's timeline
 SCRAPE_EVERY_S = 0.5
@@ -341,6 +342,7 @@ class Watch:
         self.rss_peak: dict[str, int] = {}
         self.ticks: list[Tick] = []
         self.scrapes: list[Scrape] = []
+        self.failed = 0                            # scrapes that got no 200
         self.stalls: dict[str, list[int]] = {}     # LATENCY LATEST: event → [latest, max, (sum, count)] ms
         self.http = httpx.AsyncClient(timeout=10)
         self.tasks: list[asyncio.Task[None]] = []
@@ -355,8 +357,12 @@ class Watch:
                                + machine.softirq, machine.steal))
 
     async def scrape(self) -> None:
-        answer = await self.http.get(self.url)
-        answer.raise_for_status()
+        try:
+            answer = await self.http.get(self.url)
+            answer.raise_for_status()
+        except httpx.HTTPError:
+            self.failed += 1
+            return
         at = time.perf_counter()
         info = await self.redis.info()
         self.scrapes.append(Scrape(at, {(s.name, frozenset(s.labels.items())): s.value
@@ -459,6 +465,7 @@ class Backlog:
     max_oldest_s: float              # bridge_queue_oldest_due_seconds{queue="worker"}, highest scraped
     max_oldest_seen_s: float         # the bench's own view: the oldest join sent and not yet delivered
     oldest_off_s: float              # the largest gap between the two over the scrapes
+    oldest_off: str                  # where it was: the scrape's offset, both values, the join that waited
     deliver_jobs: int                # deliver_webhook jobs run during the case (a busy endpoint's waits)
     deliver_waiting: int             # of which found the endpoint busy again
 
@@ -473,15 +480,23 @@ class Backlog:
                 buckets[int(offset)] += 1
         by_send = sorted(sent, key=sent.__getitem__)
         answers, arrivals = sorted(answered.values()), sorted(arrived.values())
-        oldest_seen, oldest_off, depth_seen, first_waiting = [], 0.0, [], 0
+        oldest_seen, oldest_off, depth_seen, first_waiting, where = [], 0.0, [], 0, ""
         for scrape in watch.scrapes:      # in time order: a join delivered by one scrape is by the next
             while first_waiting < len(by_send) and arrived.get(by_send[first_waiting], math.inf) <= scrape.at:
                 first_waiting += 1
             waiting = by_send[first_waiting] if first_waiting < len(by_send) else None
             seen = scrape.at - sent[waiting] if waiting and sent[waiting] <= scrape.at else 0.0
             oldest_seen.append(seen)
-            oldest_off = max(oldest_off, abs(scrape.value("bridge_queue_oldest_due_seconds", queue="worker") - seen))
+            metric = scrape.value("bridge_queue_oldest_due_seconds", queue="worker")
             depth_seen.append(bisect.bisect_right(answers, scrape.at) - bisect.bisect_right(arrivals, scrape.at))
+            # The two agree only while some join must be waiting: with no more undelivered than the worker
+            # runs at once, /metrics rightly says none waits, and the bench still counts the running ones.
+            if depth_seen[-1] > JOBS_AT_ONCE * int(os.environ.get("WORKER_CONCURRENCY", "1")) \
+                    and abs(metric - seen) > oldest_off:
+                oldest_off = abs(metric - seen)
+                where = (f"at {scrape.at - start:.1f} s: /metrics {metric:.2f} s, the bench {seen:.2f} s"
+                         + (f" ({waiting}, delivered at {arrived.get(waiting, math.nan) - start:.1f} s)"
+                            if waiting and seen else ""))
         first, last = watch.scrapes[0], watch.scrapes[-1]
 
         def runs(**status: str) -> int:
@@ -494,7 +509,7 @@ class Backlog:
                    max(s.value("bridge_queue_due", queue="worker") for s in watch.scrapes),
                    max(depth_seen), max(s.value("bridge_queue_oldest_due_seconds", queue="worker")
                                         for s in watch.scrapes),
-                   max(oldest_seen), oldest_off, runs(), runs(status="waiting"))
+                   max(oldest_seen), oldest_off, where, runs(), runs(status="waiting"))
 
     def window(self, begin: float, end: float) -> Window:
         """From `begin` to `end` seconds after the first send."""
@@ -697,7 +712,9 @@ def report_backlog(backlog: Backlog, burst: Case, steady: Case) -> None:
           f"{backlog.max_depth:.0f} (due {backlog.max_due:.0f}; the bench's own count, answered minus delivered: "
           f"{backlog.max_depth_seen}); bridge_queue_oldest_due_seconds{{worker}} max {backlog.max_oldest_s:.2f} s "
           f"(the oldest join sent and not yet delivered, running ones included: {backlog.max_oldest_seen_s:.2f} s; "
-          f"largest gap between the two at one scrape {backlog.oldest_off_s:.2f} s)")
+          f"largest gap between the two at one scrape while more than the worker runs at once were undelivered "
+          f"{backlog.oldest_off_s:.2f} s, {backlog.oldest_off}; "
+          f"{watch.failed} scrapes failed)")
     changed = {name: (burst.by_command.get(name, 0.0), per_join) for name, per_join in case.by_command.items()
                if abs(per_join - burst.by_command.get(name, 0.0)) >= 0.1}
     print("Redis commands per join that differ from the burst (burst → backlog): " + ", ".join(
