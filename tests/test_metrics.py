@@ -123,22 +123,34 @@ async def test_the_oldest_waiting_job_is_found_past_many_running_ones(redis, mon
     """arq's own protocol (the recorder queue) keeps a running job in its queue, due. With hundreds running at
     its head, the age is the first waiting job's, looked for 100 at a time; past RUNNING_SCAN running ones,
     the last one's age, which is no less."""
-    now_ms = int(time.time() * 1000)
+    seeded = time.time()
+    now_ms = int(seeded * 1000)
     await redis.zadd(RECORDER_QUEUE, {f"job-{n}": now_ms - 60_000 + n * 100 for n in range(250)})   # 60 s, 59.9 s...
     await redis.zadd(RECORDER_QUEUE, {"deferred": now_ms + 60_000})                                   # not due
-    for n in range(150):                                     # what arq marks a job a worker has taken with
-        await redis.set(in_progress_key_prefix + f"job-{n}", "1")
+
+    async def running(jobs: range) -> None:                 # what arq marks a job a process has taken with
+        async with redis.pipeline(transaction=False) as pipe:
+            for n in jobs:
+                pipe.set(in_progress_key_prefix + f"job-{n}", "1")
+            await pipe.execute()
+
+    async def oldest_s(age_then: float) -> float:
+        """The age read less `age_then` and less how much older the job had grown when the read began (it
+        reads the clock after that): 0 up to the read's own duration."""
+        began = time.time()
+        return (await metrics.Snapshot.read(redis)).queue_oldest_s["recorder"] - (began - seeded) - age_then
+
+    await running(range(150))
     snapshot = await metrics.Snapshot.read(redis)
     assert (snapshot.queue_depth["recorder"], snapshot.queue_due["recorder"]) == (251, 250)
-    assert 45 <= snapshot.queue_oldest_s["recorder"] < 46                                        # job-150's age
+    assert -0.01 < await oldest_s(45.0) < 1                                                  # job-150's age
 
-    for n in range(150, 250):
-        await redis.set(in_progress_key_prefix + f"job-{n}", "1")
+    await running(range(150, 250))
     assert (await metrics.Snapshot.read(redis)).queue_oldest_s["recorder"] == 0                   # none waits
 
     monkeypatch.setattr(metrics, "RUNNING_SCAN", 200)
     await redis.delete(*(in_progress_key_prefix + f"job-{n}" for n in range(200, 250)))
-    assert 40.1 <= (await metrics.Snapshot.read(redis)).queue_oldest_s["recorder"] < 41    # job-199's, for job-200
+    assert -0.01 < await oldest_s(40.1) < 1                                          # job-199's, for job-200
 
 
 async def test_intake_counts_reach_redis_within_a_second_without_a_scrape(make_bridge, client, redis) -> None:
