@@ -19,6 +19,7 @@ answering one byte a second would never trip them.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -70,7 +71,13 @@ class ConnectionPerRequestTransport(httpx.AsyncBaseTransport):
         self.idle: dict[Origin, list[httpx.AsyncHTTPTransport]] = {}
         self.slots: dict[Origin, asyncio.Semaphore] = {}
         self.max_per_origin, self.deadline_s = max_per_origin, deadline_s
-        self.options = transport_options
+        # One TLS context for all: httpx builds one per transport it makes, reading the CA bundle (~30 ms
+        # of CPU with the event loop stopped), and a failed request's connection is replaced by a new
+        # transport, so a peer that times out again and again would stall every other job each time.
+        verify = transport_options.pop("verify", True)
+        if not isinstance(verify, ssl.SSLContext):
+            verify = httpx.create_ssl_context(verify=verify)
+        self.options = {**transport_options, "verify": verify}
         self.closed = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
 
 import httpx
@@ -49,6 +50,28 @@ async def test_a_failed_request_leaves_no_connection_behind(server) -> None:
         assert all(not idle for idle in transport.idle.values())
         _, url = server
         assert (await http.get(f"{url}/")).text == "ok"
+
+
+async def test_new_connections_share_one_tls_context(server, monkeypatch) -> None:
+    """Building a TLS context reads the CA bundle with the event loop stopped (~30 ms): a peer whose
+    requests keep failing gets a new connection each time, and must not cost that each time."""
+    transport = ConnectionPerRequestTransport()
+    bundle_reads = []
+    real_load = ssl.SSLContext.load_verify_locations
+
+    def counting_load(context: ssl.SSLContext, *args, **kwargs) -> None:
+        bundle_reads.append(args or kwargs)
+        real_load(context, *args, **kwargs)
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counting_load)
+    _, url = server
+    async with httpx.AsyncClient(transport=transport) as http:
+        for _ in range(3):
+            with pytest.raises(httpx.ConnectError):
+                await http.get(f"http://127.0.0.1:{free_port()}/")     # each failure drops its connection
+        assert all([(await http.get(f"{url}/")).text == "ok" for _ in range(2)])
+    assert bundle_reads == []
+    assert transport.options["verify"].verify_mode == ssl.CERT_REQUIRED     # certificates still verified
 
 
 async def test_idle_connections_beyond_the_cap_are_closed(server, monkeypatch) -> None:

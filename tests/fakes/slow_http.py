@@ -28,22 +28,32 @@ class SlowPeer:
         try:
             await reader.readuntil(b"\r\n\r\n")
             self.requests += 1
-            if self.mode == "silent":
-                await reader.read()                  # until the client gives up
-            elif self.mode == "drip":
-                for byte in ANSWER:
-                    writer.write(bytes([byte]))
-                    await writer.drain()
-                    await asyncio.sleep(1)
-            else:
-                await asyncio.sleep(30)
-                writer.write(ANSWER)
-                await writer.drain()
+            # Counted open until the client closes: a write to a closed socket may not fail for a while
+            # (a byte a second, or once after 30 s), but the pending read sees the close at once.
+            answering = asyncio.ensure_future(self.answer(writer))
+            closed = asyncio.ensure_future(reader.read())
+            _, pending = await asyncio.wait({answering, closed}, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(answering, closed, return_exceptions=True)
         except (ConnectionError, asyncio.IncompleteReadError, OSError, asyncio.CancelledError):
             pass
         finally:
             self.open -= 1
             writer.close()
+
+    async def answer(self, writer: asyncio.StreamWriter) -> None:
+        if self.mode == "silent":
+            await asyncio.Event().wait()             # until the client gives up
+        elif self.mode == "drip":
+            for byte in ANSWER:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(1)
+        else:
+            await asyncio.sleep(30)
+            writer.write(ANSWER)
+            await writer.drain()
 
 
 @contextmanager
