@@ -9,7 +9,7 @@ then N joins at a steady rate. Before and after them, once everything is deliver
 used_memory minus the families' MEMORY USAGE is the keyspace's own cost (its hash tables, the TTL index):
 charged to the families per key. The sizing table multiplies each family's bytes per join by how long it
 lives: dedupe markers `dedupe_window_s`, event-log entries `event_retention_s` (at most
-`event_retention_max` entries), runs and delivery records RECORD_TTL_S.
+`event_retention_max` entries), runs and delivery records record_retention_s.
 
 Run: make bench-footprint   (or .venv/bin/python bench/redis_footprint.py --joins 2000; a short run overstates
 the keyspace's share: a doubling of its tables lands on few joins)
@@ -35,12 +35,11 @@ from bench.pipeline import wait_worker  # noqa: E402
 from bridge.config import load_settings  # noqa: E402
 from bridge.processes import free_port, wait_for_port  # noqa: E402
 from bridge.store import EVENT_LOG, LESSON_TTL_S, key_family  # noqa: E402
-from bridge.webhooks import RECORD_TTL_S  # noqa: E402
 
 DAY_S = 86400
 JOINS_PER_DAY = (1_000, 10_000, 100_000)
 # (event-log days, runs and delivery records days): the defaults, a 7-day log by configuration
-# (event_retention_s), and a week for both (RECORD_TTL_S is a constant of bridge/webhooks.py).
+# (event_retention_s), and a week for both (and record_retention_s).
 RETENTIONS = ((30, 30), (7, 30), (7, 7))
 CONNECTIONS = 20
 
@@ -104,7 +103,7 @@ async def run(args: argparse.Namespace) -> tuple[Footprint, Footprint, int, str,
             await settled(redis)
             await asyncio.sleep(1.2)           # every process's buffered metrics are in Redis
             before = await footprint(redis)
-            _, statuses = await post_all(port, requests, CONNECTIONS, args.rate)
+            statuses = (await post_all(port, requests, CONNECTIONS, args.rate)).statuses
             await asyncio.wait_for(receiver.all_arrived.wait(), timeout=120 + joins / 50)
             await settled(redis)
             await asyncio.sleep(1.2)
@@ -155,8 +154,8 @@ def report(before: Footprint, after: Footprint, lesson_bytes: int, joins: int, s
     lifetimes = {"lb:seen": f"dedupe_window_s ({settings.dedupe_window_s / DAY_S:g} d)",
                  "lb:events": f"event_retention_s ({settings.event_retention_s / DAY_S:g} d), "
                               f"at most event_retention_max ({settings.event_retention_max:,}) entries",
-                 "lb:runs": f"RECORD_TTL_S ({RECORD_TTL_S / DAY_S:g} d)",
-                 "lb:delivery": f"RECORD_TTL_S ({RECORD_TTL_S / DAY_S:g} d)"}
+                 "lb:runs": f"record_retention_s ({settings.record_retention_s / DAY_S:g} d)",
+                 "lb:delivery": f"record_retention_s ({settings.record_retention_s / DAY_S:g} d)"}
     print(f"\nRedis footprint ({server}): {joins} JaaS joins through `bridge serve` + ONE `bridge worker`, every "
           "join.ready delivered and every job finished\n")
     print("| family | keys per join | bytes per join | lives |")

@@ -256,7 +256,7 @@ async def cmd_endpoints_enable(args: argparse.Namespace, settings: Settings, red
 
 async def cmd_trim(args: argparse.Namespace, settings: Settings, redis: Redis) -> int:
     removed = await trim_event_log(redis, settings, exact=args.exact)
-    pruned = await prune_delivery_sets(redis)
+    pruned = await prune_delivery_sets(redis, settings)
     print(f"trimmed {removed} entries (retention {settings.event_retention_s} s, at most "
           f"{settings.event_retention_max} entries); the log holds {await redis.xlen(EVENT_LOG)}; "
           f"{pruned} expired webhooks left the dead and failing lists")

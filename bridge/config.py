@@ -66,6 +66,7 @@ class Settings:
     worker_redis_connections: int
     event_retention_s: int
     event_retention_max: int
+    record_retention_s: int
     admin_token: str | None = field(repr=False)
     port: int | None
     worker_concurrency: int | None          # None: one `bridge worker` process per core it may use

@@ -132,7 +132,8 @@ class Job:
     async def record(self, function: str = "", outcome: dict[str, Any] | None = None) -> None:
         """Store the webhooks made so far (and, given a function, the run's outcome) in one call."""
         produced, self.produced = self.produced, []
-        self.pending += await record_run(self.rt.redis, self.source.name, self.ref, produced, function, outcome)
+        self.pending += await record_run(self.rt.redis, self.rt.settings.record_retention_s, self.source.name,
+                                         self.ref, produced, function, outcome)
 
     async def flush(self) -> None:
         """Record the webhooks made so far, then make the first delivery attempt of each."""

@@ -43,7 +43,7 @@ def seen_key(source: str, event_id: str) -> str:
 def job_runs_key(ref: str) -> str:
     """Hash for one event execution (ref = source:event_id[:replay]): job function → JSON outcome of
     its last run, and `webhook:<id>` → when (ns) the execution produced that webhook.
-    Lives RECORD_TTL_S (30 days, bridge/webhooks.py) from its execution's last recorded run."""
+    Lives [bridge] record_retention_s (30 days) from its execution's last recorded run."""
     return f"{PREFIX}runs:{ref}"
 
 
@@ -62,7 +62,7 @@ def produced_ids(runs: Mapping[Any, Any]) -> list[str]:
 
 def replays_key(source: str, event_id: str) -> str:
     """List of JSON {replay, entry, functions, at}: every replay of one event, oldest first.
-    Lives max(event_retention_s, 30 days) from the event's last replay, as long as the runs it indexes."""
+    Lives max(event_retention_s, record_retention_s) from the event's last replay, as long as the runs it indexes."""
     return f"{PREFIX}replays:{source}:{event_id}"
 
 
@@ -154,7 +154,7 @@ def moodle_reconcile_lock_key(source: str) -> str:
 def delivery_key(webhook_id: str) -> str:
     """Hash: payload, source, type, status, attempts, next_at, last_status, ref, created_at, and per
     attempt `attempt:<ms>:<number>` → JSON {at, attempt, status, ms, error, answer (capped)}.
-    Lives RECORD_TTL_S (30 days, bridge/webhooks.py) from the webhook's creation; retries do not extend it."""
+    Lives [bridge] record_retention_s (30 days) from the webhook's creation; retries do not extend it."""
     return f"{PREFIX}delivery:{webhook_id}"
 
 
@@ -193,7 +193,7 @@ def endpoint_disabled_key(source: str) -> str:
     return f"{PREFIX}endpoint-disabled:{source}"
 
 
-# Sorted sets of webhook ids; members older than RECORD_TTL_S (their records are gone) are pruned by the
+# Sorted sets of webhook ids; members older than record_retention_s (their records are gone) are pruned by the
 # event-log trim cron (bridge/eventlog/retention.py).
 DEAD_LETTERS = f"{PREFIX}dead"                          # sorted set: webhook id → time it died
 FAILED_DELIVERIES = f"{PREFIX}failing"                  # sorted set: webhook id → time of last failure
@@ -261,8 +261,8 @@ WITHOUT_TTL: dict[str, str] = {
     RECORDER_QUEUE: "arq's recorder queue, as arq:queue",
     f"{PREFIX}metrics:*": "Prometheus counters, monotonic: one hash per metric, a field per label combination "
                           "(configured sources, job functions, statuses): a few KB in all",
-    DEAD_LETTERS: "members older than RECORD_TTL_S (whose records have expired) pruned by the trim cron",
-    FAILED_DELIVERIES: "members older than RECORD_TTL_S pruned by the trim cron; a delivered one leaves at once",
+    DEAD_LETTERS: "members older than record_retention_s (whose records have expired) pruned by the trim cron",
+    FAILED_DELIVERIES: "members older than record_retention_s pruned by the trim cron; a delivered one leaves at once",
     endpoint_disabled_key("*"): "one per configured source, until an operator runs `bridge endpoints enable`",
     teachers_key("*", "*"): "mirrors Moodle's role assignments (members leave with role_unassigned): a set "
                             "per course with teachers; an expiry would quietly demote a teacher to student",

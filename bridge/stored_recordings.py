@@ -196,7 +196,7 @@ async def _announce_deleted(rt: Runtime, recording_id: str, ref: str) -> None:
     data = {"event_id": record.get("event_id"), "source": source.name, "lesson_id": record.get("lesson_id"),
             "provider": record.get("provider"), "recording_id": recording_id}
     produced = produce(source, ref, WebhookType.RECORDING_DELETED, data)
-    for outbound in await record_run(rt.redis, source.name, ref, [produced]):
+    for outbound in await record_run(rt.redis, rt.settings.record_retention_s, source.name, ref, [produced]):
         await deliver_outbound(rt.redis, rt.webhooks, rt.settings, rt.counts, source, outbound, 0)
 
 

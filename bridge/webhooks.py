@@ -53,7 +53,6 @@ ANSWER_LOG_BYTES = 2048       # of a failed attempt's answer: what the LMS said 
 OK_ANSWER_LOG_BYTES = 200     # of a 2xx answer: kept with every delivered webhook, so kept short
 JITTER = 0.2
 BUSY_WAIT_CAP_S = 10.0       # a delivery whose endpoint is busy looks again at least this often
-RECORD_TTL_S = 30 * 24 * 3600
 USER_AGENT = "lesson-bridge"
 
 # One job run's record in one call: each webhook it produced, stored once (first writer wins) with
@@ -140,13 +139,14 @@ def produce(source: SourceConfig, ref: str, webhook_type: WebhookType, data: dic
                     time.time_ns(), payload.encode())
 
 
-async def record_run(redis: ArqRedis, source: str, ref: str, produced: list[Produced], function: str = "",
-                     outcome: dict[str, Any] | None = None) -> list[Outbound]:
-    """Record a run's webhooks and (given a function) its outcome; safe to repeat. Returns the webhooks
-    whose first attempt is still to be made, with the payload to send."""
+async def record_run(redis: ArqRedis, ttl_s: int, source: str, ref: str, produced: list[Produced],
+                     function: str = "", outcome: dict[str, Any] | None = None) -> list[Outbound]:
+    """Record a run's webhooks and (given a function) its outcome, both kept `ttl_s` ([bridge]
+    record_retention_s); safe to repeat. Returns the webhooks whose first attempt is still to be made,
+    with the payload to send."""
     if not produced and not function:
         return []
-    args: list[Any] = [RECORD_TTL_S, function, json.dumps(outcome, separators=(",", ":")) if function else "",
+    args: list[Any] = [ttl_s, function, json.dumps(outcome, separators=(",", ":")) if function else "",
                        source, ref, utc_now_iso()]
     for item in produced:
         args += [item.msg_id, item.webhook_type, item.status, item.order, pack_payload(item.payload)]

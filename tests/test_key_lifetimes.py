@@ -8,6 +8,7 @@ Then every key in Redis is scanned.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -35,7 +36,6 @@ from bridge.store import (
     lesson_key,
     room_owner_key,
 )
-from bridge.webhooks import RECORD_TTL_S
 from tests.conftest import MOODLE_TOKEN, WEBHOOK_SECRET, lms_source_toml, wait_until, worker_ready, write_config
 from tests.fakes.receiver import Receiver
 from tests.fakes.server import serve
@@ -47,6 +47,7 @@ from tests.test_intake import moodle_fixture
 OWT_ID, OWT_KEY = "5f0c1a2b3c4d5e6f7a8b9c0d", "owt-service-key-for-tests"
 APP_ID, JAAS_SECRET = "vpaas-magic-cookie-0123456789abcdef", "jaas-webhook-secret"
 WS_TOKEN = "ws-token-3b8e1f"
+RECORD_RETENTION_S = 7 * 86400          # not the default (30 d): the records follow the setting
 LESSON = {"id": "c12-l7", "title": "Algebra I"}
 # What the flows below write, so that the scan cannot pass by finding nothing.
 FAMILIES = {"lb:events", "lb:seen", "lb:runs", "lb:delivery", "lb:dead", "lb:endpoint-disabled", "lb:lesson",
@@ -111,6 +112,7 @@ webhook_url = "{hook_url}"
 [bridge]
 data_dir = "{tmp_path / 'var'}"
 job_retry_base_s = 0.1
+record_retention_s = {RECORD_RETENTION_S}
 """)
 
 
@@ -191,6 +193,8 @@ async def test_every_key_the_flows_write_expires_or_is_bounded_otherwise(
     async for raw in redis.scan_iter(count=1000):
         key = raw.decode()
         families.add(key_family(key))
+        if key_family(key) in ("lb:runs", "lb:delivery"):
+            assert RECORD_RETENTION_S - 600 < await ttl_of(redis, key) <= RECORD_RETENTION_S, key
         if await ttl_of(redis, key) == -1 and not any(fnmatchcase(key, family) for family in WITHOUT_TTL):
             unbounded.append(key)
     assert unbounded == [], "keys without a TTL outside bridge.store.WITHOUT_TTL"
@@ -198,9 +202,12 @@ async def test_every_key_the_flows_write_expires_or_is_bounded_otherwise(
 
 
 async def test_the_trim_cron_prunes_dead_and_failing_webhooks_whose_records_have_expired(redis) -> None:
+    settings = load_settings({})
+    week = 7 * 86400
+    settings = dataclasses.replace(settings, record_retention_s=week)
     now = time.time()
     for key in (DEAD_LETTERS, FAILED_DELIVERIES):
-        await redis.zadd(key, {"msg_expired": now - RECORD_TTL_S - 60, "msg_kept": now - RECORD_TTL_S + 60})
-    assert await prune_delivery_sets(redis) == 2
+        await redis.zadd(key, {"msg_expired": now - week - 60, "msg_kept": now - week + 60})
+    assert await prune_delivery_sets(redis, settings) == 2
     for key in (DEAD_LETTERS, FAILED_DELIVERIES):
         assert await redis.zrange(key, 0, -1) == [b"msg_kept"]

@@ -61,7 +61,7 @@ def settings_for(tmp_path: Path, redis_server: EmbeddedRedis, url: str) -> Setti
 async def first_attempt(arq_redis: ArqRedis, transport: httpx.AsyncBaseTransport, settings: Settings) -> str:
     """Record a join.ready webhook as a job does, make attempt 0 the way a worker does; its id."""
     produced = produce(settings.sources["default"], "default:evt_1", WebhookType.JOIN_READY, {"event_id": "evt_1"})
-    await record_run(arq_redis, "default", "default:evt_1", [produced])
+    await record_run(arq_redis, settings.record_retention_s, "default", "default:evt_1", [produced])
     await deliver(arq_redis, transport, settings, BufferedCounts(), produced.msg_id, 0)
     return produced.msg_id
 

@@ -43,7 +43,7 @@ async def _record(rt: Runtime, job: Job | None, ref: str, function: str, outcome
     if job is not None:
         await job.record(function, outcome)
     else:
-        await record_run(rt.redis, "", ref, [], function, outcome)
+        await record_run(rt.redis, rt.settings.record_retention_s, "", ref, [], function, outcome)
     rt.counts.add_job_run(function, outcome["status"], outcome["ms"] / 1000)
 
 

@@ -148,7 +148,7 @@ def _seen_ttl_ms(settings: Settings, event: LogEvent, now_ms: int) -> int:
 
 def replay_call(settings: Settings, batch: list[PlannedReplay], now_ms: int) -> tuple[list[str], list[Any]]:
     keys: list[str] = [EVENT_LOG]
-    args: list[Any] = [len(batch), max(settings.event_retention_s, 30 * 24 * 3600)]
+    args: list[Any] = [len(batch), max(settings.event_retention_s, settings.record_retention_s)]
     replayed_at = iso(datetime.fromtimestamp(now_ms / 1000, UTC))
     for item in batch:
         event = item.event

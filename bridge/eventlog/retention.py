@@ -10,7 +10,6 @@ from redis.asyncio import Redis
 
 from bridge.config import Settings
 from bridge.store import DEAD_LETTERS, EVENT_LOG, FAILED_DELIVERIES
-from bridge.webhooks import RECORD_TTL_S
 
 
 async def trim_event_log(redis: Redis, settings: Settings, *, exact: bool = False) -> int:
@@ -24,10 +23,10 @@ async def trim_event_log(redis: Redis, settings: Settings, *, exact: bool = Fals
     return removed
 
 
-async def prune_delivery_sets(redis: Redis) -> int:
-    """Drop dead and failing webhooks filed more than RECORD_TTL_S ago: a record expires RECORD_TTL_S after
-    its creation, which is before it was filed, so theirs are gone (listings skipped them already)."""
-    cutoff = time.time() - RECORD_TTL_S
+async def prune_delivery_sets(redis: Redis, settings: Settings) -> int:
+    """Drop dead and failing webhooks filed more than record_retention_s ago: a record expires that long
+    after its creation, which is before it was filed, so theirs are gone (listings skipped them already)."""
+    cutoff = time.time() - settings.record_retention_s
     async with redis.pipeline(transaction=False) as pipe:
         for key in (DEAD_LETTERS, FAILED_DELIVERIES):
             pipe.zremrangebyscore(key, "-inf", cutoff)
@@ -37,5 +36,5 @@ async def prune_delivery_sets(redis: Redis) -> int:
 async def trim_job(ctx: dict[str, Any]) -> int:
     """The worker's periodic trim (an arq cron job registered in workers/settings.py)."""
     runtime = ctx["bridge"]
-    await prune_delivery_sets(runtime.redis)
+    await prune_delivery_sets(runtime.redis, runtime.settings)
     return await trim_event_log(runtime.redis, runtime.settings)

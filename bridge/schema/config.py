@@ -124,6 +124,7 @@ class BridgeTable(Table):
     worker_redis_connections: Count = 30
     event_retention_s: Count = 30 * 24 * 3600
     event_retention_max: Count = 1_000_000
+    record_retention_s: Count = 30 * 24 * 3600   # runs and delivery records (most of Redis's memory)
     # From the environment only (ENVIRONMENT below): the file may not set them.
     admin_token: OptionalText = Field(None, repr=False)     # admin API off when unset
     port: Port | None = None
