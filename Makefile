@@ -61,8 +61,6 @@ bench-persistence: $(STAMP)
 bench-storage: $(STAMP)
 	$(BIN)/python bench/storage.py
 
-.PHONY: run test test-browser lint mutation bench bench-ingest bench-tokens bench-pipeline bench-recording bench-persistence bench-storage bench-attendance bench-console clean
-
 bench-join: $(STAMP)
 	$(BIN)/python bench/join_storm.py
 
