@@ -14,7 +14,8 @@ library. Request bodies are built before the clock starts; raw keep-alive socket
            steady case's delivered rate), peak RSS of the web and worker processes (every 0.2 s) and
            of Redis (used_memory), and, every 0.5 s from GET /metrics, the worker queue's depth and the
            age of its oldest due job, each checked against what the bench itself saw (sent minus
-           delivered; the oldest join sent and not yet delivered)
+           delivered; the oldest join sent and not yet delivered). Before it, the floor under intake's
+           p99: 5,000 joins at the same rate with the worker paused (SIGSTOP) while they are sent
 per case: the 202s' p50/p99 (send → answer on one keep-alive connection), worker CPU ms per join (the
 worker's user+system time, its child processes' too, /proc via psutil), Redis commands per join (INFO stats
 total_commands_processed), Redis bytes per join once every delivery has succeeded and every job has
@@ -77,6 +78,7 @@ TARGETS = {"burst_s": 3.0, "cpu_ms": 1.3, "commands": 20.0, "steady_p99_ms": 50.
 # A process keeping as little as 1.6 KB per queued join would grow 32 MiB over a 20,000-join backlog: a
 # process whose peak RSS stays within that of its RSS before the case holds no per-backlog state.
 FLOOR_COUNT = 1000
+INTAKE_FLOOR_JOINS = 5000      # sent at the backlog's rate with the worker paused
 
 # The floor's POST: bridge.webhooks.attempt (sign, destination check, one POST straight through the
 # workers' transport), as many at a time as the transport lets in flight to one origin; prints CPU ms per POST.
@@ -408,15 +410,23 @@ class Watch:
 
 
 async def run_case(name: str, port: int, redis: aioredis.Redis, worker: psutil.Process, receiver: Receiver,
-                   run: str, joins: int, connections: int, rate: float | None, watch: Watch | None = None) -> Case:
+                   run: str, joins: int, connections: int, rate: float | None, watch: Watch | None = None,
+                   worker_paused_while_sending: bool = False) -> Case:
     requests = [join_request(run, n) for n in range(joins)]
     receiver.expect([event_id for event_id, _ in requests])
     duplicates = receiver.duplicates
     before = await counters(redis, worker)
     if watch:
         await watch.start()
+    paused = [worker, *worker.children(recursive=True)] if worker_paused_while_sending else []
+    for process in paused:
+        process.suspend()
     first_send = time.perf_counter()
-    posted = await post_all(port, requests, connections, rate)
+    try:
+        posted = await post_all(port, requests, connections, rate)
+    finally:
+        for process in paused:
+            process.resume()
     try:
         await asyncio.wait_for(receiver.all_arrived.wait(), timeout=120 + joins / 50)
     except TimeoutError:
@@ -468,9 +478,10 @@ class Backlog:
     oldest_off: str                  # where it was: the scrape's offset, both values, the join that waited
     deliver_jobs: int                # deliver_webhook jobs run during the case (a busy endpoint's waits)
     deliver_waiting: int             # of which found the endpoint busy again
+    intake_floor: Case               # the same rate with the worker paused while sending
 
     @classmethod
-    def of(cls, case: Case, watch: Watch) -> Backlog:
+    def of(cls, case: Case, watch: Watch, intake_floor: Case) -> Backlog:
         start, sent, answered, arrived = case.first_send, case.posted.sent, case.posted.answered, case.arrived
         offsets = sorted(t - start for t in arrived.values())
         # Second 0 holds the backlog's first moments and the last second is partial: both left out.
@@ -509,7 +520,7 @@ class Backlog:
                    max(s.value("bridge_queue_due", queue="worker") for s in watch.scrapes),
                    max(depth_seen), max(s.value("bridge_queue_oldest_due_seconds", queue="worker")
                                         for s in watch.scrapes),
-                   max(oldest_seen), oldest_off, where, runs(), runs(status="waiting"))
+                   max(oldest_seen), oldest_off, where, runs(), runs(status="waiting"), intake_floor)
 
     def window(self, begin: float, end: float) -> Window:
         """From `begin` to `end` seconds after the first send."""
@@ -611,6 +622,8 @@ async def main_async(args: argparse.Namespace) -> tuple[list[Case], Backlog | No
             raise SystemExit("bridge serve did not start")
         await wait_worker(redis)
         web, worker = (psutil.Process(process.pid) for process in processes)
+        for process in (worker, *worker.children(recursive=True)):
+            process.nice(args.worker_nice)
         # The lessons were scheduled before class; a first round of joins warms both processes up.
         await post_all(port, [(f"schedule-{n}", scheduled_request(n)) for n in range(LESSONS)], 1)
         await run_case("warm-up", port, redis, worker, receiver, "warm", min(500, args.joins), BURST_CONNECTIONS, None)
@@ -619,13 +632,18 @@ async def main_async(args: argparse.Namespace) -> tuple[list[Case], Backlog | No
                  await run_case(f"steady {args.rate:.0f}/s for {args.steady_s:.0f} s", port, redis, worker, receiver,
                                 "steady", int(args.rate * args.steady_s), STEADY_CONNECTIONS, args.rate)]
         if args.backlog:
+            # The floor under intake's p99 at this rate: the same sender with the worker stopped (SIGSTOP),
+            # so intake shares the cores and Redis with nothing but the bench and the receiver.
+            intake_floor = await run_case("intake floor", port, redis, worker, receiver, "intake-floor",
+                                          min(args.backlog, INTAKE_FLOOR_JOINS), BACKLOG_CONNECTIONS,
+                                          args.backlog_rate, worker_paused_while_sending=True)
             redis_server = psutil.Process(server.process.pid) if server.process else psutil.Process()
             watch = Watch(port, redis, {"web": web, "worker": worker},
                           {"redis": redis_server, "bench": psutil.Process()})
             case = await run_case(f"backlog of {args.backlog}, sent at {args.backlog_rate:.0f}/s", port, redis, worker,
                                   receiver, "backlog", args.backlog, BACKLOG_CONNECTIONS, args.backlog_rate, watch)
             cases.append(case)
-            backlog = Backlog.of(case, watch)
+            backlog = Backlog.of(case, watch, intake_floor)
     finally:
         await stop_stack(stack, processes)
     if receiver.bad_signatures:
@@ -721,6 +739,10 @@ def report_backlog(backlog: Backlog, burst: Case, steady: Case) -> None:
         f"{name} {was:.2f} → {now:.2f}" for name, (was, now) in sorted(changed.items())))
     print(f"deliver_webhook jobs run during the case: {backlog.deliver_jobs} (each a first attempt that found the "
           f"endpoint busy, {backlog.deliver_waiting} of them busy again)")
+    intake_floor = backlog.intake_floor
+    print(f"intake floor, {intake_floor.joins} joins at the same rate with the worker paused (SIGSTOP) while they "
+          f"were sent: 202 p50 {intake_floor.intake_p50_ms:.2f} ms, p99 {intake_floor.intake_p99_ms:.2f} ms; "
+          f"backlog p99 / floor p99 = {case.intake_p99_ms / intake_floor.intake_p99_ms:.2f}")
     verdicts([("202 p99 during the backlog", case.intake_p99_ms, TARGETS["intake_p99_ms"], "ms", False),
               ("join.ready per second while draining, lowest second", min(rates, default=0),
                steady.delivered_per_s, "/s", True),
@@ -737,6 +759,9 @@ def main() -> None:
     parser.add_argument("--steady-s", type=float, default=10, help="seconds of the steady case")
     parser.add_argument("--backlog", type=int, default=20000, help="joins in the backlog case (0 skips it)")
     parser.add_argument("--backlog-rate", type=float, default=1000, help="joins/s the backlog case sends")
+    parser.add_argument("--worker-nice", type=int, default=0,
+                        help="run the worker processes at this nice value (19: the web process comes first for "
+                             "the CPU, as on separate dynos; Redis is still shared)")
     parser.add_argument("--profile", type=os.path.abspath,
                         help="run the worker under cProfile, writing its stats to this file")
     asyncio.run(main_async(parser.parse_args()))
