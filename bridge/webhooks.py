@@ -30,6 +30,7 @@ from bridge.config import Settings, SourceConfig
 from bridge.http_transport import OriginBusy
 from bridge.metrics import BufferedCounts
 from bridge.providers.base import retry_after_seconds
+from bridge.schema.config import RETRY_JITTER as JITTER
 from bridge.schema.webhooks import WebhookType
 from bridge.signing import sign
 from bridge.store import (
@@ -51,7 +52,6 @@ from bridge.store import (
 log = structlog.get_logger("bridge.webhooks")
 ANSWER_LOG_BYTES = 2048       # of a failed attempt's answer: what the LMS said is wrong
 OK_ANSWER_LOG_BYTES = 200     # of a 2xx answer: kept with every delivered webhook, so kept short
-JITTER = 0.2
 BUSY_WAIT_CAP_S = 10.0       # a delivery whose endpoint is busy looks again at least this often
 USER_AGENT = "lesson-bridge"
 

@@ -61,6 +61,8 @@ def test_an_unknown_key_at_any_level_is_named(tmp_path: Path, text: str, message
     ("[redis]\nurl = 'http://x'", "redis.url: must start with redis://, rediss:// or unix://"),
     ("[webhooks]\nretry_schedule = [1, 'x']", "webhooks.retry_schedule[1]: must be a number, got string"),
     ("[webhooks]\nretry_schedule = [1, -1]", "webhooks.retry_schedule[1]: must be greater than or equal to 0"),
+    ("[bridge]\nrecord_retention_s = 86400", "bridge.record_retention_s: must be longer than a webhook can be "
+     "retried: 127520 s with [webhooks] retry_schedule and timeout_s"),
     ("[recording]\npart_format = 'mp4'", "recording.part_format: must be 'mpegts' or 'matroska'"),
     ("[recording]\nlisten_port_range = [1]", "recording.listen_port_range[1]: is required"),
     ("[storage]\nkind = 's3'", 'storage.bucket: is required for kind = "s3"'),
@@ -166,6 +168,8 @@ def test_values_from_the_file(tmp_path: Path) -> None:
 [recording]
 dir = "{tmp_path / 'rec'}"
 lease_s = 2
+[bridge]
+record_retention_s = 86400
 [webhooks]
 retry_schedule = [0.5, 1]
 [providers.jaas]
@@ -183,6 +187,7 @@ event_map = {{ "\\\\core\\\\event\\\\user_loggedin" = "user.joined" }}
 """)
     assert settings.recording.dir == tmp_path / "rec" and settings.recording.lease_s == 2
     assert settings.webhook_retry_schedule == (0.5, 1.0)
+    assert settings.record_retention_s == 86400         # a day outlives this schedule (two waits, at most 2 h)
     jaas = settings.providers["jaas"]
     # The adapter's own settings read the key file (and refuse one it cannot read or parse).
     assert jaas.settings == {"app_id": "vpaas-magic-cookie-1", "key_id": "k1", "private_key_file": str(key)}

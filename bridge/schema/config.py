@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from bridge.providers import KINDS, settings_model
-from bridge.providers.base import SettingsError
+from bridge.providers.base import RETRY_AFTER_MAX_S, SettingsError
 from bridge.sources import FORMATS
 
 DEFAULT_DATA_DIR = Path("var")
@@ -139,10 +139,19 @@ class RedisTable(Table):
     ssl_cert_reqs: Annotated[Literal["none", "required"] | None, BeforeValidator(_blank_is_unset)] = None
 
 
+RETRY_JITTER = 0.2              # each retry's wait is its retry_schedule entry ± 20 %
+
+
 class WebhooksTable(Table):
     # Seconds to wait before each retry, after the first attempt.
     retry_schedule: tuple[OptionalSeconds, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
     timeout_s: Seconds = 10.0
+
+    def longest_retrying_s(self) -> float:
+        """From a webhook's first attempt to its last at the latest: every wait at its longest (the
+        jitter's top, or a Retry-After at its cap) and every attempt at its timeout."""
+        waits = sum(max(wait * (1 + RETRY_JITTER), RETRY_AFTER_MAX_S) for wait in self.retry_schedule)
+        return waits + (len(self.retry_schedule) + 1) * self.timeout_s
 
 
 class StopGraces(Table):
@@ -350,6 +359,16 @@ class Config(Table):
             if source.provider not in self.providers:
                 raise KeyProblem(f"sources.{source.name}.provider",
                                  f"no provider named {source.provider!r} is configured")
+        return self
+
+    @model_validator(mode="after")
+    def _records_outlive_retries(self) -> Config:
+        # A webhook's record holds the payload its retries send: expired mid-schedule, a retry would
+        # have nothing to send, and its write would re-create the record without a lifetime.
+        retrying_s = self.webhooks.longest_retrying_s()
+        if self.bridge.record_retention_s <= retrying_s:
+            raise KeyProblem("bridge.record_retention_s", f"must be longer than a webhook can be retried: "
+                             f"{retrying_s:.0f} s with [webhooks] retry_schedule and timeout_s")
         return self
 
 
