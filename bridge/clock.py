@@ -20,3 +20,9 @@ def utc_now_iso() -> str:
     if second != _second:
         _prefix, _second = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)), second
     return f"{_prefix}.{int((now - second) * 1_000_000):06d}Z"
+
+
+def iso_from_ms(ms: int) -> str:
+    """E.g. 2026-11-25T01:45:07.187000Z: a time kept in milliseconds, written as utc_now_iso writes it."""
+    second, rest = divmod(ms, 1000)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(second))}.{rest * 1000:06d}Z"

@@ -27,6 +27,7 @@ from bridge.store import (
     arq_payload,
     delivery_key,
     endpoint_disabled_key,
+    read_delivery,
     split_delivery,
 )
 
@@ -38,7 +39,7 @@ def _text(value: bytes | str | None) -> str | None:
 
 
 async def delivery(redis: Redis, msg_id: str, *, with_attempts: bool = True) -> dict[str, Any] | None:
-    record, attempt_log = split_delivery(await redis.hgetall(delivery_key(msg_id)))
+    record, attempt_log = await read_delivery(redis, msg_id)
     if not record:
         return None
     try:

@@ -24,6 +24,8 @@ from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
 from redis.asyncio.connection import parse_url
 
+from bridge.clock import iso_from_ms
+
 PREFIX = "lb:"
 EVENT_LOG = f"{PREFIX}events"                          # stream: one entry per accepted event (trimmed: WITHOUT_TTL)
 WORKER_QUEUE = "arq:queue"                             # arq's default queue: short jobs (sorted set of job ids)
@@ -152,12 +154,24 @@ def moodle_reconcile_lock_key(source: str) -> str:
 
 
 def delivery_key(webhook_id: str) -> str:
-    """Hash: payload, source, type, status, attempts, next_at, last_status, ref, created_at, and per
-    attempt `attempt:<ms>:<number>` → JSON {at, attempt, status, ms, error, answer (capped)}.
-    Lives [bridge] record_retention_s (30 days) from the webhook's creation; retries do not extend it."""
+    """Hash: source, type, status, attempts, next_at, last_status, ref, created_at, and per attempt
+    `attempt:<ms>:<number>` → JSON {status, ms, error (if any), answer (capped, if any)}: its time and
+    number are in the field's name. Every value short (`hash-max-listpack-value`, 64 B), so Redis keeps
+    a delivered webhook's record in its compact encoding (~330 B instead of ~700 B).
+    Lives [bridge] record_retention_s (30 days) from the webhook's creation; retries do not extend it.
+    (A record written before payloads had their own key also holds `payload`.)"""
     return f"{PREFIX}delivery:{webhook_id}"
 
 
+def payload_key(webhook_id: str) -> str:
+    """A webhook's payload, zlib-compressed (`pack_payload`): most of a webhook's bytes, and a join
+    link's token. Lives DELIVERED_PAYLOAD_KEEP_S from its recording, enough for `?wait` and a first
+    look: a payload delivered at its first attempt can be made again by replaying its event. One
+    whose first attempt did not deliver it is kept as long as its record: its retries send it."""
+    return f"{PREFIX}payload:{webhook_id}"
+
+
+DELIVERED_PAYLOAD_KEEP_S = 60
 ATTEMPT_FIELD = "attempt:"
 
 
@@ -176,16 +190,34 @@ def unpack_payload(stored: bytes) -> bytes:
     return stored if stored[:1] == b"{" else zlib.decompress(stored)
 
 
-def split_delivery(raw: Mapping[bytes, bytes]) -> tuple[dict[str, str], list[dict[str, Any]]]:
-    """A delivery hash as read from Redis: (its fields, payload unpacked; its attempt log, oldest first)."""
+def split_delivery(raw: Mapping[bytes, bytes], payload: bytes | None = None
+                   ) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """A delivery hash as read from Redis, with its payload key's value: (its fields, the payload among
+    them unpacked when kept; its attempt log, oldest first, each {at, attempt, status, ms, error, answer})."""
     fields, attempts = {}, []
     for name, value in raw.items():
         key = name.decode()
         if key.startswith(ATTEMPT_FIELD):
-            attempts.append((int(key.split(":")[1]), orjson.loads(value)))
+            _, at_ms, number = key.split(":")
+            stored = orjson.loads(value)
+            attempts.append((int(at_ms), {
+                "at": stored.get("at") or iso_from_ms(int(at_ms)), "attempt": stored.get("attempt", int(number)),
+                "status": stored.get("status"), "ms": stored.get("ms"), "error": stored.get("error"),
+                "answer": stored.get("answer", "")}))
         else:
             fields[key] = (unpack_payload(value) if key == "payload" else value).decode()
+    if payload is not None:
+        fields["payload"] = unpack_payload(payload).decode()
     return fields, [entry for _, entry in sorted(attempts, key=lambda item: item[0])]
+
+
+async def read_delivery(redis: Any, webhook_id: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """A webhook's record and payload (`split_delivery`), in one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(delivery_key(webhook_id))
+        pipe.get(payload_key(webhook_id))
+        raw, payload = await pipe.execute()
+    return split_delivery(raw, payload)
 
 
 def endpoint_disabled_key(source: str) -> str:

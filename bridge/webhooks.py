@@ -35,6 +35,7 @@ from bridge.schema.webhooks import WebhookType
 from bridge.signing import sign
 from bridge.store import (
     DEAD_LETTERS,
+    DELIVERED_PAYLOAD_KEEP_S,
     FAILED_DELIVERIES,
     JOB_EXPIRES_MS,
     PRODUCED_FIELD,
@@ -44,23 +45,25 @@ from bridge.store import (
     endpoint_disabled_key,
     job_runs_key,
     pack_payload,
+    payload_key,
     produced_ids,
-    split_delivery,
+    read_delivery,
     unpack_payload,
 )
 
 log = structlog.get_logger("bridge.webhooks")
 ANSWER_LOG_BYTES = 2048       # of a failed attempt's answer: what the LMS said is wrong
-OK_ANSWER_LOG_BYTES = 200     # of a 2xx answer: kept with every delivered webhook, so kept short
+OK_ANSWER_LOG_BYTES = 16      # of a 2xx answer: kept with every delivered webhook (its entry within 64 B)
 BUSY_WAIT_CAP_S = 10.0       # a delivery whose endpoint is busy looks again at least this often
 USER_AGENT = "lesson-bridge"
 
-# One job run's record in one call: each webhook it produced, stored once (first writer wins) with
-# its metadata and listed in the execution's runs hash, and the run's outcome. Returns per webhook its
-# stored status and, when a run before this one stored it, that run's payload: a re-run learns whether
-# its webhook still needs sending, and sends the payload stored the first time.
-# KEYS: runs hash, then each webhook's delivery hash. ARGV: ttl s, function ('' = no outcome), outcome,
-# source, ref, now; then per webhook id, type, status, order (ns), payload.
+# One job run's record in one call: each webhook it produced, recorded once (first writer wins) with
+# its metadata and its payload (its own key, DELIVERED_PAYLOAD_KEEP_S: the first attempt that does not
+# deliver it keeps it longer), listed in the execution's runs hash, and the run's outcome. Returns per
+# webhook its stored status and, when a run before this one recorded it, that run's payload (if still
+# kept): a re-run learns whether its webhook still needs sending, and sends what the first run made.
+# KEYS: runs hash, then per webhook its delivery hash and payload key. ARGV: ttl s, function ('' = no
+# outcome), outcome, source, ref, now, payload keep s; then per webhook id, type, status, order (ns), payload.
 RECORD_SCRIPT = f"""
 local ttl = ARGV[1]
 local runs = {{}}
@@ -69,20 +72,22 @@ if ARGV[2] ~= '' then
   runs[2] = ARGV[3]
 end
 local out = {{}}
-for k = 2, #KEYS do
-  local a = 7 + 5 * (k - 2)
-  if redis.call('HSETNX', KEYS[k], 'payload', ARGV[a + 4]) == 1 then
-    redis.call('HSET', KEYS[k], 'source', ARGV[4], 'type', ARGV[a + 1], 'ref', ARGV[5], 'status', ARGV[a + 2],
-      'attempts', 0, 'created_at', ARGV[6])
-    redis.call('EXPIRE', KEYS[k], ttl)
+for k = 0, (#KEYS - 1) / 2 - 1 do
+  local record, payload = KEYS[2 + 2 * k], KEYS[3 + 2 * k]
+  local a = 8 + 5 * k
+  if redis.call('HSETNX', record, 'created_at', ARGV[6]) == 1 then
+    redis.call('HSET', record, 'source', ARGV[4], 'type', ARGV[a + 1], 'ref', ARGV[5], 'status', ARGV[a + 2],
+      'attempts', 0)
+    redis.call('EXPIRE', record, ttl)
+    redis.call('SET', payload, ARGV[a + 4], 'EX', ARGV[7])
     runs[#runs + 1] = '{PRODUCED_FIELD}' .. ARGV[a]
     runs[#runs + 1] = ARGV[a + 3]
     out[#out + 1] = ARGV[a + 2]
     out[#out + 1] = ''
   else
-    local stored = redis.call('HMGET', KEYS[k], 'status', 'payload')
+    local stored = redis.call('HMGET', record, 'status', 'payload')
     out[#out + 1] = stored[1] or ''
-    out[#out + 1] = stored[2] or ''
+    out[#out + 1] = redis.call('GET', payload) or stored[2] or ''
   end
 end
 if #runs > 0 then
@@ -147,11 +152,12 @@ async def record_run(redis: ArqRedis, ttl_s: int, source: str, ref: str, produce
     if not produced and not function:
         return []
     args: list[Any] = [ttl_s, function, json.dumps(outcome, separators=(",", ":")) if function else "",
-                       source, ref, utc_now_iso()]
+                       source, ref, utc_now_iso(), DELIVERED_PAYLOAD_KEEP_S]
+    keys = [job_runs_key(ref)]
     for item in produced:
         args += [item.msg_id, item.webhook_type, item.status, item.order, pack_payload(item.payload)]
-    answer = await _record_run(keys=[job_runs_key(ref), *(delivery_key(item.msg_id) for item in produced)],
-                               args=args, client=redis)
+        keys += [delivery_key(item.msg_id), payload_key(item.msg_id)]
+    answer = await _record_run(keys=keys, args=args, client=redis)
     return [Outbound(item.msg_id, unpack_payload(stored) if stored else item.payload, ref)
             for item, status, stored in zip(produced, answer[::2], answer[1::2], strict=True) if status == b"pending"]
 
@@ -162,7 +168,7 @@ async def produced_payloads(redis: Any, ref: str) -> list[dict[str, Any]]:
         return []
     async with redis.pipeline(transaction=False) as pipe:
         for msg_id in ids:
-            pipe.hget(delivery_key(msg_id), "payload")
+            pipe.get(payload_key(msg_id))
         payloads = await pipe.execute()
     return [json.loads(unpack_payload(p)) for p in payloads if p]
 
@@ -306,10 +312,18 @@ def _file(pipe: Any, msg_id: str, status: str) -> None:
         pipe.zadd(FAILED_DELIVERIES, {msg_id: now})
 
 
-async def _settle_now(redis: ArqRedis, msg_id: str, status: str) -> str:
+def _keep_payload(pipe: Any, settings: Settings, outbound: Outbound) -> None:
+    """A webhook its first attempt did not deliver keeps its payload as long as its record: its retries
+    (and `bridge deliveries retry`) send it. Written, not extended: its key may have lapsed meanwhile."""
+    pipe.set(payload_key(outbound.msg_id), pack_payload(outbound.payload), ex=settings.record_retention_s)
+
+
+async def _settle_now(redis: ArqRedis, msg_id: str, status: str, keep: tuple[Settings, Outbound] | None = None) -> str:
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(delivery_key(msg_id), "status", status)
         _file(pipe, msg_id, status)
+        if keep:
+            _keep_payload(pipe, *keep)
         await pipe.execute()
     return status
 
@@ -317,13 +331,16 @@ async def _settle_now(redis: ArqRedis, msg_id: str, status: str) -> str:
 async def deliver(redis: ArqRedis, transport: httpx.AsyncBaseTransport, settings: Settings, counts: BufferedCounts,
                   msg_id: str, number: int, waits: int = 0) -> str:
     """Make attempt `number` (0-based) of one stored delivery; schedule the next or dead-letter it."""
-    record, _ = split_delivery(await redis.hgetall(delivery_key(msg_id)))
+    record, _ = await read_delivery(redis, msg_id)
     if not record:
         return "missing"
     if record.get("status") == "delivered":
         return "delivered"
     source = settings.sources.get(record["source"])
     if source is None or not source.webhook_url:
+        return await _settle_now(redis, msg_id, "dead")
+    if "payload" not in record:   # not kept past its first attempt: that one delivered it (or a bug lost it)
+        log.warning("webhook.payload_gone", webhook_id=msg_id, status=record.get("status"))
         return await _settle_now(redis, msg_id, "dead")
     outbound = Outbound(msg_id, record["payload"].encode(), record.get("ref", ""))
     return await deliver_outbound(redis, transport, settings, counts, source, outbound, number, waits, first=False)
@@ -341,15 +358,23 @@ async def deliver_outbound(redis: ArqRedis, transport: httpx.AsyncBaseTransport,
     """
     msg_id = outbound.msg_id
     if await ENDPOINTS.disabled(redis, source.name):
-        return await _settle_now(redis, msg_id, "disabled")
+        return await _settle_now(redis, msg_id, "disabled", (settings, outbound))
     result, answer, seconds = await attempt(transport, settings, source, msg_id, outbound.payload)
     if result.busy:
         delay = min(BUSY_WAIT_CAP_S, 2.0 ** waits) * random.uniform(1 - JITTER, 1 + JITTER)
+        async with redis.pipeline(transaction=False) as pipe:
+            _keep_payload(pipe, settings, outbound)
+            await pipe.execute()
         await _schedule(redis, f"{msg_id}:{number}:w{waits + 1}", delay, msg_id, number, waits + 1)
         return "waiting"
     now = time.time()
-    entry = {"at": utc_now_iso(), "attempt": number, "status": result.status, "ms": round(seconds * 1000, 1),
-             "error": result.error, "answer": answer}
+    # Kept short (its time and number are in the field's name), so the record stays in Redis's compact
+    # encoding: every value of a hash within 64 B (split_delivery fills the rest back in).
+    entry: dict[str, Any] = {"status": result.status, "ms": round(seconds * 1000, 1)}
+    if result.error:
+        entry["error"] = result.error
+    if answer:
+        entry["answer"] = answer
     delay = None
     if result.error is None:
         status = "delivered"
@@ -369,6 +394,10 @@ async def deliver_outbound(redis: ArqRedis, transport: httpx.AsyncBaseTransport,
         async with redis.pipeline(transaction=True) as pipe:
             pipe.hset(delivery_key(msg_id), mapping=fields)
             _file(pipe, msg_id, status)
+            if status == "delivered":           # by a retry: its payload goes the way a first delivery's does
+                pipe.expire(payload_key(msg_id), DELIVERED_PAYLOAD_KEEP_S)
+            else:
+                _keep_payload(pipe, settings, outbound)
             if status == "disabled":
                 pipe.set(endpoint_disabled_key(source.name), utc_now_iso())
             await pipe.execute()

@@ -16,13 +16,15 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 
 from bridge.app import create_app
 from bridge.config import load_settings
 from bridge.embedded import EmbeddedRedis
+from bridge.http_transport import ConnectionPerRequestTransport
 from bridge.processes import free_port, wait_for_port
-from bridge.store import WORKER_QUEUE, health_check_key
+from bridge.store import WORKER_QUEUE, health_check_key, worker_redis
 from tests.fakes.receiver import Receiver
 from tests.fakes.server import serve
 
@@ -55,6 +57,22 @@ async def redis(redis_server: EmbeddedRedis) -> AsyncIterator[aioredis.Redis]:
     await client.flushall()
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def arq_redis(redis_server: EmbeddedRedis, redis: aioredis.Redis) -> AsyncIterator[ArqRedis]:
+    """The worker's own kind of client (`redis` flushed the server first)."""
+    client = worker_redis(redis_server.url, 4, WORKER_QUEUE)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def transport() -> AsyncIterator[httpx.AsyncBaseTransport]:
+    """The workers' transport, as they make their providers' and webhooks' requests."""
+    transport = ConnectionPerRequestTransport()
+    yield transport
+    await transport.aclose()
 
 
 @pytest.fixture

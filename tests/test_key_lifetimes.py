@@ -50,8 +50,8 @@ WS_TOKEN = "ws-token-3b8e1f"
 RECORD_RETENTION_S = 7 * 86400          # not the default (30 d): the records follow the setting
 LESSON = {"id": "c12-l7", "title": "Algebra I"}
 # What the flows below write, so that the scan cannot pass by finding nothing.
-FAMILIES = {"lb:events", "lb:seen", "lb:runs", "lb:delivery", "lb:dead", "lb:endpoint-disabled", "lb:lesson",
-            "lb:room", "lb:attendance", "lb:attendance-sessions", "lb:attendance-roster", "lb:replays",
+FAMILIES = {"lb:events", "lb:seen", "lb:runs", "lb:delivery", "lb:payload", "lb:dead", "lb:endpoint-disabled",
+            "lb:lesson", "lb:room", "lb:attendance", "lb:attendance-sessions", "lb:attendance-roster", "lb:replays",
             "lb:teachers", "lb:moodle-courses", "lb:moodle-course-lessons", "lb:moodle-ws", "lb:metrics"}
 
 

@@ -3,20 +3,10 @@ often it is started, and a tick that moves the chain on once."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
 from arq.connections import ArqRedis
 
 from bridge import polling
-from bridge.store import WORKER_QUEUE, worker_redis
-
-
-@pytest.fixture
-async def arq_redis(redis_server, redis) -> AsyncIterator[ArqRedis]:
-    client = worker_redis(redis_server.url, 5, WORKER_QUEUE)
-    yield client
-    await client.aclose()
+from bridge.store import WORKER_QUEUE
 
 
 async def queued(redis: ArqRedis) -> list[str]:

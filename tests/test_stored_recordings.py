@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -25,13 +24,6 @@ from tests.conftest import default_config, wait_until
 from tests.fakes.server import free_port
 
 LESSON = {"id": "c12-l7", "title": "Algebra I", "provider": "sandbox"}
-
-
-@pytest.fixture
-async def arq_redis(redis_server, redis) -> AsyncIterator[ArqRedis]:
-    client = ArqRedis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
 
 
 async def runtime(tmp_path: Path, hook_url: str, redis: ArqRedis, storage: Storage, extra: str = "") -> Runtime:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 import signal
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -20,11 +19,10 @@ from arq.connections import ArqRedis
 
 from bridge.config import Settings, load_settings
 from bridge.embedded import EmbeddedRedis
-from bridge.http_transport import ConnectionPerRequestTransport
 from bridge.metrics import BufferedCounts
 from bridge.providers.base import RETRY_AFTER_MAX_S
 from bridge.schema.webhooks import WebhookType
-from bridge.store import WORKER_QUEUE, delivery_key, worker_redis
+from bridge.store import WORKER_QUEUE, delivery_key
 from bridge.webhooks import deliver, next_delay, produce, record_run, webhook_id
 from tests.conftest import default_config, hand_back_now, wait_until, worker_ready
 from tests.fakes.raw_http import raw_http_server
@@ -36,21 +34,6 @@ OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 def answer(status: int, reason: str, retry_after: str | None = None) -> bytes:
     header = f"retry-after: {retry_after}\r\n" if retry_after is not None else ""
     return f"HTTP/1.1 {status} {reason}\r\n{header}content-length: 0\r\n\r\n".encode()
-
-
-@pytest.fixture
-async def arq_redis(redis_server: EmbeddedRedis, redis: aioredis.Redis) -> AsyncIterator[ArqRedis]:
-    """The worker's own kind of client (`redis` flushed the server first)."""
-    client = worker_redis(redis_server.url, 4, WORKER_QUEUE)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def transport() -> AsyncIterator[httpx.AsyncBaseTransport]:
-    transport = ConnectionPerRequestTransport()
-    yield transport
-    await transport.aclose()
 
 
 def settings_for(tmp_path: Path, redis_server: EmbeddedRedis, url: str) -> Settings:

@@ -18,7 +18,6 @@ from redis.exceptions import LockError
 
 from bridge import lifecycle, provider_events, recorder, stored_recordings
 from bridge.attendance_poll import poll_tick
-from bridge.clock import utc_now_iso
 from bridge.lifecycle import Job, Runtime
 from bridge.moodle.enrich import Ignored, prepare
 from bridge.providers.base import ProviderError
@@ -125,7 +124,9 @@ def event_job(function: str, deadline_s: float,
             log.exception("job.crashed")
             error = ProviderError("internal_error", f"{type(exc).__name__}: {exc}"[:300], retryable=False)
         ms = round((time.perf_counter() - started) * 1000, 1)
-        outcome: dict[str, Any] = {"status": "ok", "try": job_try, "at": utc_now_iso(), "ms": ms}
+        # Its time in epoch milliseconds, not ISO text: a success's outcome within 64 B keeps the runs hash
+        # in Redis's compact encoding (bridge.eventlog.query.job_runs writes it back as ISO 8601).
+        outcome: dict[str, Any] = {"status": "ok", "try": job_try, "at": int(time.time() * 1000), "ms": ms}
         if ignored:
             outcome["ignored"] = ignored
         if error is not None:

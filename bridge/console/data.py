@@ -27,6 +27,7 @@ from bridge.store import (
     endpoint_disabled_key,
     job_runs_key,
     lesson_key,
+    payload_key,
     produced_ids,
     recording_key,
     split_delivery,
@@ -167,10 +168,11 @@ async def deliveries_of(redis: Redis, refs: list[str]) -> list[dict[str, Any]]:
     async with redis.pipeline(transaction=False) as pipe:
         for msg_id in ids:
             pipe.hgetall(delivery_key(msg_id))
+            pipe.get(payload_key(msg_id))
         answers = await pipe.execute()
     out = []
-    for msg_id, answer in zip(ids, answers, strict=True):
-        record, attempt_log = split_delivery(answer)
+    for msg_id, answer, kept in zip(ids, answers[::2], answers[1::2], strict=True):
+        record, attempt_log = split_delivery(answer, kept)
         if not record:
             continue
         try:

@@ -15,6 +15,7 @@ from typing import Any
 from arq.constants import job_key_prefix
 from redis.asyncio import Redis
 
+from bridge.clock import iso_from_ms
 from bridge.deliveries import delivery
 from bridge.eventlog.entries import MAX_ID_PART, LogEvent, epoch_ms, parse_entry_id, parse_time
 from bridge.routing import JOBS_BY_TYPE, event_ref
@@ -52,15 +53,18 @@ def execution_status(functions: list[str], runs: Mapping[str, Mapping[str, Any]]
 
 
 def job_runs(raw: Mapping[bytes, bytes]) -> dict[str, dict[str, Any]]:
-    """Job function → its last run's outcome, from an execution's runs hash."""
+    """Job function → its last run's outcome, from an execution's runs hash ("at" as ISO 8601)."""
     out = {}
     for key, value in raw.items():
         if key.startswith(PRODUCED_FIELD.encode()):
             continue
         try:
-            out[key.decode()] = json.loads(value)
+            outcome = json.loads(value)
         except ValueError:
             continue
+        if isinstance(outcome.get("at"), int):          # stored in epoch ms (workers/jobs.py)
+            outcome["at"] = iso_from_ms(outcome["at"])
+        out[key.decode()] = outcome
     return out
 
 

@@ -363,8 +363,8 @@ class Config(Table):
 
     @model_validator(mode="after")
     def _records_outlive_retries(self) -> Config:
-        # A webhook's record holds the payload its retries send: expired mid-schedule, a retry would
-        # have nothing to send, and its write would re-create the record without a lifetime.
+        # A retried webhook's record and payload live this long: expired mid-schedule, a retry would have
+        # nothing to send, and its write would re-create the record without a lifetime.
         retrying_s = self.webhooks.longest_retrying_s()
         if self.bridge.record_retention_s <= retrying_s:
             raise KeyProblem("bridge.record_retention_s", f"must be longer than a webhook can be retried: "

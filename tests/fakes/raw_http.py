@@ -1,5 +1,5 @@
 """A keep-alive HTTP/1.1 server at the socket level, for tests about connections themselves: it counts
-the connections it accepted and records every request's headers (names lower-cased)."""
+the connections it accepted and records every request's headers (names lower-cased) and body."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ class RawHttpServer:
         self.connections = 0
         self.open = 0
         self.requests: list[dict[str, str]] = []
+        self.bodies: list[bytes] = []
         self.release = asyncio.Event()            # requests to a path under /slow wait for it
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -26,7 +27,7 @@ class RawHttpServer:
                 head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
                 fields = {name.strip().lower(): value.strip()
                           for name, _, value in (line.partition(":") for line in head[1:] if line)}
-                await reader.readexactly(int(fields.get("content-length", 0)))
+                self.bodies.append(await reader.readexactly(int(fields.get("content-length", 0))))
                 self.requests.append(fields)
                 answer = self.answers.pop(0) if self.answers else self.answer
                 if head[0].split(" ")[1].startswith("/slow"):
