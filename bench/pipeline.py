@@ -35,7 +35,6 @@ import redis.asyncio as aioredis  # noqa: E402
 from arq.constants import job_key_prefix, result_key_prefix  # noqa: E402
 
 from bridge.embedded import EmbeddedRedis  # noqa: E402
-from bridge.eventlog.entries import parse_time  # noqa: E402
 from bridge.processes import die_with_parent, free_port, wait_for_port  # noqa: E402
 from bridge.store import JOB_EXPIRES_MS, WORKER_QUEUE, arq_payload, health_check_key, job_runs_key  # noqa: E402
 
@@ -171,7 +170,7 @@ async def first_run_start_ms(redis: aioredis.Redis, refs: list[str], function: s
                 pipe.hget(job_runs_key(ref), function)
             outcomes = [orjson.loads(raw) for raw in await pipe.execute() if raw]
         if len(outcomes) == len(refs):
-            return min(parse_time(run["at"]).timestamp() * 1000 - run["ms"] for run in outcomes)
+            return min(run["at"] - run["ms"] for run in outcomes)          # "at": epoch ms (workers/jobs.py)
         if time.monotonic() > deadline:
             raise SystemExit(f"only {len(outcomes)} of {len(refs)} jobs recorded an outcome")
         await asyncio.sleep(0.05)

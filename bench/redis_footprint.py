@@ -30,11 +30,19 @@ sys.path.insert(0, str(ROOT))
 import redis.asyncio as aioredis  # noqa: E402
 
 from bench.attendance import start, start_stack, stop_stack  # noqa: E402
-from bench.join_storm import LESSONS, Receiver, join_request, post_all, scheduled_request, settled  # noqa: E402
+from bench.join_storm import (  # noqa: E402
+    LESSONS,
+    Receiver,
+    join_request,
+    payloads_lapsed,
+    post_all,
+    scheduled_request,
+    settled,
+)
 from bench.pipeline import wait_worker  # noqa: E402
 from bridge.config import load_settings  # noqa: E402
 from bridge.processes import free_port, wait_for_port  # noqa: E402
-from bridge.store import EVENT_LOG, LESSON_TTL_S, key_family  # noqa: E402
+from bridge.store import DELIVERED_PAYLOAD_KEEP_S, EVENT_LOG, LESSON_TTL_S, key_family  # noqa: E402
 
 DAY_S = 86400
 JOINS_PER_DAY = (1_000, 10_000, 100_000)
@@ -85,7 +93,7 @@ async def sample_keys(redis: aioredis.Redis, families: tuple[str, ...]) -> list[
     return lines
 
 
-async def run(args: argparse.Namespace) -> tuple[Footprint, Footprint, int, str, list[str]]:
+async def run(args: argparse.Namespace) -> tuple[Footprint, Footprint, Footprint, int, str, list[str]]:
     receiver = Receiver()
     stack = await start_stack("bench-footprint-", receiver.handle)
     work, redis, env = stack.work, stack.redis, stack.env
@@ -101,12 +109,15 @@ async def run(args: argparse.Namespace) -> tuple[Footprint, Footprint, int, str,
             requests = [join_request(run_name, n) for n in range(joins)]
             receiver.expect([event_id for event_id, _ in requests])
             await settled(redis)
+            await payloads_lapsed(redis)
             await asyncio.sleep(1.2)           # every process's buffered metrics are in Redis
             before = await footprint(redis)
             statuses = (await post_all(port, requests, CONNECTIONS, args.rate)).statuses
             await asyncio.wait_for(receiver.all_arrived.wait(), timeout=120 + joins / 50)
             await settled(redis)
             await asyncio.sleep(1.2)
+            at_delivery = await footprint(redis)
+            await payloads_lapsed(redis)
             after = await footprint(redis)
         if receiver.bad_signatures or receiver.duplicates:
             raise SystemExit(f"{receiver.bad_signatures} bad signatures, {receiver.duplicates} duplicates")
@@ -117,7 +128,7 @@ async def run(args: argparse.Namespace) -> tuple[Footprint, Footprint, int, str,
         server_name = f"{info.get('server_name', 'redis')} {info.get('valkey_version') or info['redis_version']}"
     finally:
         await stop_stack(stack, processes)
-    return before, after, lesson_bytes, server_name, samples
+    return before, at_delivery, after, lesson_bytes, server_name, samples
 
 
 class PerJoin(NamedTuple):
@@ -146,7 +157,7 @@ def sizing(bytes_per_join: dict[str, float], joins_per_day: int, log_days: int, 
     return total / 1e6
 
 
-def report(before: Footprint, after: Footprint, lesson_bytes: int, joins: int, server: str,
+def report(before: Footprint, at_delivery: Footprint, after: Footprint, lesson_bytes: int, joins: int, server: str,
            samples: list[str]) -> None:
     settings = load_settings({})
     measured = per_join(before, after, joins)
@@ -163,6 +174,10 @@ def report(before: Footprint, after: Footprint, lesson_bytes: int, joins: int, s
     for family, (keys, size) in sorted(families.items(), key=lambda item: -item[1][1]):
         print(f"| `{family}` | {keys:.2f} | {size:.0f} | {lifetimes.get(family, '')} |")
     print(f"| **used_memory** | | **{measured.used:.0f}** | |")
+    delivered = per_join(before, at_delivery, joins)
+    print(f"\nWhen the last join.ready arrived: {delivered.used:.0f} B per join, of it the payloads "
+          f"{delivered.families.get('lb:payload', (0, 0))[1]:.0f} B (`lb:payload`, kept {DELIVERED_PAYLOAD_KEEP_S} s "
+          f"once delivered at the first attempt; the table is a minute later)")
     print(f"\n(each key's bytes include {measured.keyspace_per_key:.0f} B of the keyspace's own tables; "
           f"{after.log_entries - before.log_entries} log entries added); lesson state and room owners: "
           f"{lesson_bytes / LESSONS:.0f} B per lesson, for {LESSON_TTL_S / DAY_S:g} d")
@@ -183,8 +198,8 @@ def main() -> None:
     parser.add_argument("--joins", type=int, default=5000, help="joins measured")
     parser.add_argument("--rate", type=float, default=250, help="joins/s")
     args = parser.parse_args()
-    before, after, lesson_bytes, server, samples = asyncio.run(run(args))
-    report(before, after, lesson_bytes, args.joins, server, samples)
+    before, at_delivery, after, lesson_bytes, server, samples = asyncio.run(run(args))
+    report(before, at_delivery, after, lesson_bytes, args.joins, server, samples)
 
 
 if __name__ == "__main__":
