@@ -63,7 +63,14 @@ from bench.attendance import APP_ID, HOOK_SECRET, exchange, start, start_stack, 
 from bench.pipeline import NOOP_WORKER, wait_worker  # noqa: E402
 from bench.pipeline import start as start_process  # noqa: E402
 from bridge.processes import free_port, wait_for_port  # noqa: E402
-from bridge.store import DELIVERED_PAYLOAD_KEEP_S, JOB_EXPIRES_MS, WORKER_QUEUE, arq_payload, payload_key  # noqa: E402
+from bridge.store import (  # noqa: E402
+    DELIVERED_PAYLOAD_KEEP_S,
+    JOB_EXPIRES_MS,
+    WORKER_QUEUE,
+    arq_payload,
+    job_runs_key,
+    payload_key,
+)
 
 LESSONS = 10
 BURST_CONNECTIONS = 100
@@ -234,6 +241,31 @@ async def counters(redis: aioredis.Redis, process: psutil.Process) -> Counters:
                     {name.removeprefix("cmdstat_"): calls["calls"] for name, calls in by_command.items()})
 
 
+async def where_time_went(redis: aioredis.Redis, posted: Posted, arrived: dict[str, float]
+                          ) -> dict[str, tuple[float, float]]:
+    """Each join's send → join.ready split at its 202 and at its job's start and end (from the run's
+    recorded outcome: its end in epoch ms and its duration), as p50/p99 ms of each part."""
+    wall_minus_perf = time.time() - time.perf_counter()
+    event_ids = [event_id for event_id in posted.answered if event_id in arrived]
+    async with redis.pipeline(transaction=False) as pipe:
+        for event_id in event_ids:
+            pipe.hget(job_runs_key(f"default:{event_id}"), "user_joined")
+        outcomes = await pipe.execute()
+    parts: dict[str, list[float]] = {"intake (send → 202)": [], "queued (202 → job starts)": [],
+                                     "job (start → outcome)": [], "record + POST (outcome → join.ready)": []}
+    for event_id, raw in zip(event_ids, outcomes, strict=True):
+        if raw is None:
+            continue
+        outcome = orjson.loads(raw)
+        end = outcome["at"] / 1000 - wall_minus_perf          # on the bench's perf_counter clock
+        start = end - outcome["ms"] / 1000
+        sent, answered = posted.sent[event_id], posted.answered[event_id]
+        for name, seconds in zip(parts, (answered - sent, start - answered, end - start, arrived[event_id] - end),
+                                 strict=True):
+            parts[name].append(seconds * 1000)
+    return {name: (percentile(values, 0.5), percentile(values, 0.99)) for name, values in parts.items() if values}
+
+
 async def payloads_lapsed(redis: aioredis.Redis) -> None:
     """Until every delivered payload's key has expired (DELIVERED_PAYLOAD_KEEP_S after its recording)."""
     deadline = time.monotonic() + DELIVERED_PAYLOAD_KEEP_S + 60
@@ -278,6 +310,7 @@ class Case:
     duplicates: int
     statuses: dict[int, int]
     by_command: dict[str, float]     # Redis calls of each command per join
+    parts: dict[str, tuple[float, float]]    # where a join's time went: part → (p50, p99) ms (if asked)
     first_send: float = field(repr=False)
     posted: Posted = field(repr=False)
     arrived: dict[str, float] = field(repr=False)
@@ -422,7 +455,8 @@ class Watch:
 
 async def run_case(name: str, port: int, redis: aioredis.Redis, worker: psutil.Process, receiver: Receiver,
                    run: str, joins: int, connections: int, rate: float | None, watch: Watch | None = None,
-                   worker_paused_while_sending: bool = False, kept_bytes: bool = False) -> Case:
+                   worker_paused_while_sending: bool = False, kept_bytes: bool = False,
+                   latency_parts: bool = False) -> Case:
     requests = [join_request(run, n) for n in range(joins)]
     receiver.expect([event_id for event_id, _ in requests])
     duplicates = receiver.duplicates
@@ -452,6 +486,7 @@ async def run_case(name: str, port: int, redis: aioredis.Redis, worker: psutil.P
     if kept_bytes:
         await payloads_lapsed(redis)
         kept_memory = (await redis.info("memory"))["used_memory"]
+    parts = await where_time_went(redis, posted, arrived) if latency_parts else {}
     delays = [(arrived[event_id] - sent[event_id]) * 1000 for event_id in arrived]
     intake = [(answered - sent[event_id]) * 1000 for event_id, answered in posted.answered.items()]
     return Case(name, joins, max(arrived.values()) - first_send if arrived else float("nan"),
@@ -460,7 +495,7 @@ async def run_case(name: str, port: int, redis: aioredis.Redis, worker: psutil.P
                 (after.memory - before.memory) / joins, (kept_memory - before.memory) / joins, joins - len(arrived),
                 receiver.duplicates - duplicates,
                 posted.statuses, {name: (calls - before.by_command.get(name, 0)) / joins
-                                  for name, calls in after.by_command.items()}, first_send, posted, arrived)
+                                  for name, calls in after.by_command.items()}, parts, first_send, posted, arrived)
 
 
 class Window(NamedTuple):
@@ -647,7 +682,8 @@ async def main_async(args: argparse.Namespace) -> tuple[list[Case], Backlog | No
         cases = [await run_case(f"burst of {args.joins}, all at once", port, redis, worker, receiver, "burst",
                                 args.joins, BURST_CONNECTIONS, None, kept_bytes=True),
                  await run_case(f"steady {args.rate:.0f}/s for {args.steady_s:.0f} s", port, redis, worker, receiver,
-                                "steady", int(args.rate * args.steady_s), STEADY_CONNECTIONS, args.rate)]
+                                "steady", int(args.rate * args.steady_s), STEADY_CONNECTIONS, args.rate,
+                                latency_parts=True)]
         if args.backlog:
             # The floor under intake's p99 at this rate: the same sender with the worker stopped (SIGSTOP),
             # so intake shares the cores and Redis with nothing but the bench and the receiver.
@@ -703,6 +739,8 @@ def report(cases: list[Case], backlog: Backlog | None, floor: dict[str, float], 
               ("Redis bytes per join (burst, delivered, payloads lapsed)", burst.kept_bytes_per_join, TARGETS["bytes"],
                "B", False)]
     verdicts(checks)
+    print("steady case, where a join's time went (p50 / p99 ms of each part; clocks: the bench's and the worker's "
+          "wall clock): " + "; ".join(f"{name} {p50:.1f} / {p99:.1f}" for name, (p50, p99) in steady.parts.items()))
     print(f"worker CPU per join / floor = {burst.cpu_ms / parts:.2f}")
     print(f"Redis bytes per join of the burst: {burst.bytes_per_join:.0f} B when the last join.ready arrived, "
           f"{burst.kept_bytes_per_join:.0f} B once the delivered payloads lapsed ({DELIVERED_PAYLOAD_KEEP_S} s)")
