@@ -211,13 +211,20 @@ def split_delivery(raw: Mapping[bytes, bytes], payload: bytes | None = None
     return fields, [entry for _, entry in sorted(attempts, key=lambda item: item[0])]
 
 
+async def read_deliveries(redis: Any, webhook_ids: list[str]) -> list[tuple[dict[str, str], list[dict[str, Any]]]]:
+    """Webhooks' records and payloads (`split_delivery` each), in one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for webhook_id in webhook_ids:
+            pipe.hgetall(delivery_key(webhook_id))
+            pipe.get(payload_key(webhook_id))
+        answers = await pipe.execute()
+    return [split_delivery(raw, payload) for raw, payload in zip(answers[::2], answers[1::2], strict=True)]
+
+
 async def read_delivery(redis: Any, webhook_id: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
     """A webhook's record and payload (`split_delivery`), in one round trip."""
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.hgetall(delivery_key(webhook_id))
-        pipe.get(payload_key(webhook_id))
-        raw, payload = await pipe.execute()
-    return split_delivery(raw, payload)
+    (delivery,) = await read_deliveries(redis, [webhook_id])
+    return delivery
 
 
 def endpoint_disabled_key(source: str) -> str:

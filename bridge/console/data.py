@@ -27,10 +27,9 @@ from bridge.store import (
     endpoint_disabled_key,
     job_runs_key,
     lesson_key,
-    payload_key,
     produced_ids,
+    read_deliveries,
     recording_key,
-    split_delivery,
 )
 
 SAMPLE_EVENTS = 500             # newest log entries the endpoint and lesson views look through
@@ -165,14 +164,8 @@ async def deliveries_of(redis: Redis, refs: list[str]) -> list[dict[str, Any]]:
         for ref in refs:
             pipe.hgetall(job_runs_key(ref))
         ids = [msg_id for runs in await pipe.execute() for msg_id in produced_ids(runs)]
-    async with redis.pipeline(transaction=False) as pipe:
-        for msg_id in ids:
-            pipe.hgetall(delivery_key(msg_id))
-            pipe.get(payload_key(msg_id))
-        answers = await pipe.execute()
     out = []
-    for msg_id, answer, kept in zip(ids, answers[::2], answers[1::2], strict=True):
-        record, attempt_log = split_delivery(answer, kept)
+    for msg_id, (record, attempt_log) in zip(ids, await read_deliveries(redis, ids), strict=True):
         if not record:
             continue
         try:
